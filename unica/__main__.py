@@ -1,0 +1,5 @@
+import sys
+
+from unica.cli import main
+
+sys.exit(main())
