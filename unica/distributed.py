@@ -1,0 +1,62 @@
+"""Cross-process helpers for training: the one place where embeddings are gathered.
+
+Data-parallel training (``torchrun``, ``accelerate launch``) gives every process its own shard of
+the batch. Contrastive losses want the other processes' candidates as extra negatives, so the
+losses call :func:`gather_with_grad` and offset their labels by :func:`rank_and_world_size`.
+Without an initialised process group both functions describe a world of one process, so the same
+loss code runs unchanged in a single process.
+
+Gradient convention (the one open_clip and sentence-transformers use): every process computes the
+mean loss of its *local* queries against the gathered candidates; the backward of the gather sums
+the gradients that all processes send to a shard; DistributedDataParallel then averages parameter
+gradients over processes. The result equals the gradient of the mean loss over the concatenated
+global batch computed in one process.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+
+__all__ = ["gather_with_grad", "is_distributed", "rank_and_world_size"]
+
+
+def is_distributed() -> bool:
+    """Whether a ``torch.distributed`` process group is initialised in this process.
+
+    Example:
+        >>> is_distributed()
+        False
+    """
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """This process's rank and the number of processes, ``(0, 1)`` when not distributed.
+
+    Example:
+        >>> rank_and_world_size()
+        (0, 1)
+    """
+    if is_distributed():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from every process along dim 0, keeping the autograd graph.
+
+    Rank ``r``'s rows land at ``[r * n, (r + 1) * n)`` of the result, where ``n = tensor.shape[0]``
+    (every process must pass the same shape). The gradient that reaches the result flows back to
+    the local shard, summed over all processes' losses (``torch.distributed.nn.functional.all_gather``).
+    Returns ``tensor`` itself when not distributed.
+
+    Example:
+        >>> x = torch.ones(2, 3, requires_grad=True)
+        >>> gather_with_grad(x).shape  # one process
+        torch.Size([2, 3])
+    """
+    if not is_distributed() or dist.get_world_size() == 1:
+        return tensor
+    return torch.cat(dist_fn.all_gather(tensor), dim=0)
