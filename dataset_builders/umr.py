@@ -336,3 +336,33 @@ def build_umr_s10(
 
 def _columns_doc() -> str:
     return "\n".join(f"- `{name}`: {feature}" for name, feature in TRAINING_FEATURES.items())
+
+
+def load_training_rows(
+    mbeir_root: str | Path,
+    split: str = "train",
+    query_files: list[str | Path] | None = None,
+    pool_files: list[str | Path] | None = None,
+    skip_missing: bool = False,
+) -> datasets.Dataset:
+    """Every query of an M-BEIR root's ``split`` as an in-memory ``datasets.Dataset`` of TRAINING_FEATURES.
+
+    Images stay on disk (absolute paths, decoded on access). The pool is the global union pool of the
+    split (``cand_pool/global/mbeir_union_<split>_cand_pool.jsonl``), else every local pool.
+
+    Example::
+
+        ds = load_training_rows("./scenes", split="train")
+        ds[0]["query_text"], ds[0]["pos_image"].size
+    """
+    layout = MBEIRLayout(mbeir_root)
+    if pool_files is None:
+        union = layout.global_pool(split)
+        pool_files = [union] if union.is_file() else layout.training_pools()
+    sample = sample_umr(
+        mbeir_root, fraction=1.0, seed=0, min_per_stratum=0, skip_missing=skip_missing,
+        query_files=query_files or layout.query_files(split), pool_files=pool_files,
+    )
+    rows = list(training_rows(sample.queries, sample.candidates, sample.root, embed_images=False))
+    columns = {name: [row[name] for row in rows] for name in TRAINING_FEATURES}
+    return datasets.Dataset.from_dict(columns, features=TRAINING_FEATURES)

@@ -470,10 +470,16 @@ class UniCAModel(UniCAPreTrainedModel):
         return states, mask, embeddings
 
     def get_text_features(
-        self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor | None = None, **kwargs
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        image_mask: torch.BoolTensor | None = None,
+        **kwargs,
     ) -> UniCAOutput:
         """Embeddings of texts alone (the text encoder's own embedding); see `pooler_output`."""
         _ignore_processor_extras(kwargs)
+        if image_mask is not None and bool(image_mask.any()):
+            raise ValueError("get_text_features got items with images; use get_multimodal_features or forward")
         return self.forward(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
 
     def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> UniCAOutput:
