@@ -108,36 +108,37 @@ def test_info_nce_equals_sentence_transformers_mnrl() -> None:
     torch.manual_seed(0)
     q, p, n = torch.randn(6, 16), torch.randn(6, 16), torch.randn(6, 2, 16)
     columns = [q, p, n[:, 0], n[:, 1]]  # ST's (anchor, positive, negative_1, negative_2) columns
-    features = lambda: [{"sentence_embedding": c.clone().requires_grad_()} for c in columns]  # noqa: E731
 
     for symmetric in (False, True):
         directions = ("query_to_doc", "doc_to_query") if symmetric else ("query_to_doc",)
         st_loss = MultipleNegativesRankingLoss(model, scale=20.0, directions=directions, partition_mode="per_direction")
-        st_features = features()
-        expected = st_loss(st_features, labels=None)
+        leaves = [c.clone().requires_grad_() for c in columns]
+        expected = st_loss([{"sentence_embedding": leaf} for leaf in leaves], labels=None)
         expected.backward()
 
         ours_q, ours_p, ours_n = (x.clone().requires_grad_() for x in (q, p, n))
         ours = info_nce(ours_q, ours_p, ours_n, temperature=1 / 20.0, symmetric=symmetric)
         ours.backward()
         assert ours.item() == pytest.approx(expected.item(), abs=1e-6)
-        torch.testing.assert_close(ours_q.grad, st_features[0]["sentence_embedding"].grad)
-        torch.testing.assert_close(ours_n.grad[:, 1], st_features[3]["sentence_embedding"].grad)
+        torch.testing.assert_close(ours_q.grad, leaves[0].grad)
+        torch.testing.assert_close(ours_p.grad, leaves[1].grad)
+        torch.testing.assert_close(ours_n.grad[:, 1], leaves[3].grad)
 
 
 def test_gradcheck() -> None:
     torch.manual_seed(0)
-    q, p = torch.randn(3, 4, dtype=torch.double), torch.randn(3, 4, dtype=torch.double)
-    n = torch.randn(3, 2, 4, dtype=torch.double)
+    q, p, n = (torch.randn(*shape, dtype=torch.double) for shape in ((2, 3), (2, 3), (2, 2, 3)))
     temperature = torch.tensor(0.3, dtype=torch.double)
     inputs = tuple(x.requires_grad_() for x in (q, p, n, temperature))
-    assert torch.autograd.gradcheck(lambda *x: info_nce(*x[:3], temperature=x[3]), inputs)
+    # the full Jacobian once, on the symmetric loss with hard negatives and a tensor temperature
     assert torch.autograd.gradcheck(lambda *x: info_nce(*x[:3], temperature=x[3], symmetric=True), inputs)
+    # random-projection checks (fast_mode) for the rest
+    assert torch.autograd.gradcheck(lambda *x: info_nce(*x[:3], temperature=x[3]), inputs, fast_mode=True)
     for variant in ("cosine", "hinge"):
         psl = lambda a, b, v=variant: positive_similarity_loss(a, b, variant=v, margin=0.9)  # noqa: E731
-        assert torch.autograd.gradcheck(psl, inputs[:2])
+        assert torch.autograd.gradcheck(psl, inputs[:2], fast_mode=True)
     total = lambda *x: retrieval_loss(*x[:3], temperature=x[3], psl_weight=0.3, symmetric=True).loss  # noqa: E731
-    assert torch.autograd.gradcheck(total, inputs)
+    assert torch.autograd.gradcheck(total, inputs, fast_mode=True)
 
 
 def test_learnable_temperature() -> None:
@@ -147,14 +148,15 @@ def test_learnable_temperature() -> None:
     module = InfoNCELoss(temperature=0.1, learnable_temperature=True).double()
     assert module.log_scale.item() == pytest.approx(math.log(10.0))
     loss = module(q, p, n)
-    assert loss.item() == pytest.approx(info_nce(q, p, n, temperature=0.1).item(), abs=1e-12)
+    # log_scale is a float32 parameter: log(10) is stored to ~1e-7
+    assert loss.item() == pytest.approx(info_nce(q, p, n, temperature=0.1).item(), rel=1e-6)
     loss.backward()
     # d loss / d log_scale = scale * mean_i(sum_c softmax_ic * cos_ic - cos_i,label_i), with scale = 10
     unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
     cos = (unit(q) @ unit(torch.cat([p, n.reshape(-1, 5)])).T).numpy()
     softmax = np.exp(10 * cos) / np.exp(10 * cos).sum(axis=1, keepdims=True)
     expected = 10 * np.mean((softmax * cos).sum(axis=1) - cos[np.arange(4), np.arange(4)])
-    assert module.log_scale.grad.item() == pytest.approx(expected, abs=1e-10)
+    assert module.log_scale.grad.item() == pytest.approx(expected, rel=1e-5)
 
     # the module wrapper reports the learnable temperature and routes its gradient
     total = RetrievalLoss(temperature=0.1, learnable_temperature=True, psl_weight=0.2)
@@ -213,7 +215,7 @@ def _global_batch() -> tuple[torch.nn.Linear, list[torch.Tensor]]:
     return encoder, inputs
 
 
-def _two_process_worker(rank: int, port: int, results: dict) -> None:
+def _two_process_worker(rank: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -225,11 +227,8 @@ def _two_process_worker(rank: int, port: int, results: dict) -> None:
         local = [x[rank * LOCAL_B : (rank + 1) * LOCAL_B].clone().requires_grad_() for x in inputs]
         out = retrieval_loss(*(model(x) for x in local), gather_across_processes=True, **LOSS_KWARGS)
         out.loss.backward()  # DDP averages the parameter gradients over the two processes
-        results[rank] = {
-            "loss": out.loss.detach(),
-            "weight_grad": encoder.weight.grad,
-            "input_grads": [x.grad for x in local],
-        }
+        result = {"loss": out.loss.detach(), "weight_grad": encoder.weight.grad, "input_grads": [x.grad for x in local]}
+        torch.save(result, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -240,12 +239,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_equal_one_process_on_the_concatenated_batch() -> None:
-    context = mp.get_context("spawn")
-    with context.Manager() as manager:
-        results = manager.dict()
-        mp.start_processes(_two_process_worker, args=(_free_port(), results), nprocs=WORLD, start_method="spawn")
-        results = dict(results)
+def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path) -> None:
+    mp.start_processes(_two_process_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD)]
 
     encoder, inputs = _global_batch()
     inputs = [x.clone().requires_grad_() for x in inputs]
