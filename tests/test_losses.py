@@ -211,7 +211,11 @@ def _global_batch() -> tuple[torch.nn.Linear, list[torch.Tensor]]:
     """An encoder and global (query, positive, negative) inputs, identical in every process."""
     torch.manual_seed(1234)
     encoder = torch.nn.Linear(DIM, DIM)
-    inputs = [torch.randn(WORLD * LOCAL_B, DIM), torch.randn(WORLD * LOCAL_B, DIM), torch.randn(WORLD * LOCAL_B, K, DIM)]
+    inputs = [
+        torch.randn(WORLD * LOCAL_B, DIM),
+        torch.randn(WORLD * LOCAL_B, DIM),
+        torch.randn(WORLD * LOCAL_B, K, DIM),
+    ]
     return encoder, inputs
 
 

@@ -93,7 +93,9 @@ def split_inputs(
     image_offsets: list[int] | None = None
     if image_mask is not None:
         if not isinstance(image_mask, Tensor) or image_mask.shape != (batch_size,):
-            raise ValueError(f"{image_mask_key} must be a ({batch_size},) bool tensor, got {getattr(image_mask, 'shape', type(image_mask).__name__)}")
+            raise ValueError(
+                f"{image_mask_key} must be a ({batch_size},) bool tensor, got {getattr(image_mask, 'shape', type(image_mask).__name__)}"
+            )
         # image_offsets[i] = number of images among items [0, i)
         image_offsets = [0, *torch.cumsum(image_mask.long(), 0).tolist()]
 
@@ -103,7 +105,9 @@ def split_inputs(
         per_image = key in image_keys and image_offsets is not None
         expected = image_offsets[-1] if per_image else batch_size
         if value.shape[0] != expected:
-            what = f"one per image ({image_mask_key}.sum() = {expected})" if per_image else f"one per item ({batch_size})"
+            what = (
+                f"one per image ({image_mask_key}.sum() = {expected})" if per_image else f"one per item ({batch_size})"
+            )
             raise ValueError(
                 f"inputs[{key!r}] has {value.shape[0]} rows but must have {what} to be cut into chunks; "
                 "fix the collator or pass a split_fn that knows how to slice it"
