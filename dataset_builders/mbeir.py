@@ -356,6 +356,45 @@ def write_qrels(path: str | Path, rows: Iterable[tuple[str, str, int, int]]) -> 
             handle.write(f"{qid} 0 {did} {relevance} {task}\n")
 
 
+def write_mbeir_source(root: Path, dataset: str, queries: dict[str, list[dict]], candidates: dict[str, list[dict]]) -> dict:
+    """Write a generated source's queries, pools and qrels in M-BEIR's layout; returns counts.
+
+    ``queries`` / ``candidates`` map "train" / "test" to M-BEIR records. Train queries go to one file
+    (as in M-BEIR); test queries, local pools and qrels are written per task.
+    """
+    counts: dict = {"queries": {}, "candidates": {}}
+    for directory in ("query/train", "query/test", "cand_pool/global", "cand_pool/local", "qrels/train", "qrels/test"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    modality_of = {c["did"]: c["modality"] for split in candidates for c in candidates[split]}
+    for split in ("train", "test"):
+        write_jsonl(root / f"cand_pool/global/mbeir_union_{split}_cand_pool.jsonl", candidates[split])
+        counts["candidates"][split] = len(candidates[split])
+        per_task: dict[int, list[dict]] = {}
+        for query in queries[split]:
+            per_task.setdefault(query["task_id"], []).append(query)
+        counts["queries"][split] = {str(t): len(per_task[t]) for t in sorted(per_task)}
+        if split == "train":
+            write_jsonl(root / f"query/train/mbeir_{dataset}_train.jsonl", queries[split])
+            write_qrels(root / f"qrels/train/mbeir_{dataset}_train_qrels.txt", _qrels(queries[split]))
+            continue
+        for task, task_queries in sorted(per_task.items()):
+            write_jsonl(root / f"query/test/mbeir_{dataset}_task{task}_test.jsonl", task_queries)
+            write_qrels(root / f"qrels/test/mbeir_{dataset}_task{task}_test_qrels.txt", _qrels(task_queries))
+            # The local pool: every test candidate of the modality this task retrieves.
+            wanted = modality_of[task_queries[0]["pos_cand_list"][0]]
+            write_jsonl(
+                root / f"cand_pool/local/mbeir_{dataset}_task{task}_cand_pool.jsonl",
+                [c for c in candidates["test"] if c["modality"] == wanted],
+            )
+    return counts
+
+
+def _qrels(queries: list[dict]):
+    for query in queries:
+        for did in query["pos_cand_list"]:
+            yield query["qid"], did, 1, query["task_id"]
+
+
 # --------------------------------------------------------------------------------------------- layout
 
 

@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from .export import staging_folder
-from .mbeir import DATASET_IDS, write_jsonl, write_qrels
+from .mbeir import DATASET_IDS, write_mbeir_source
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ def generate_scenes(
                     }
                 )
                 next_qid += 1
-        counts = _write_mbeir_files(root, "scenes", queries, candidates)
+        counts = write_mbeir_source(root, "scenes", queries, candidates)
         with open(root / "scenes.jsonl", "w", encoding="utf-8") as handle:
             for scene in scenes:
                 record = asdict(scene) | {"caption": scene.caption(), "snippet": scene.snippet()}
@@ -304,41 +304,6 @@ def generate_scenes(
         (root / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     logger.info("generated %d scenes in %s: %s", num_scenes, out_dir, counts["queries"])
     return metadata
-
-
-def _write_mbeir_files(root: Path, dataset: str, queries: dict[str, list[dict]], candidates: dict[str, list[dict]]) -> dict:
-    """Write queries, pools and qrels of a generated source in M-BEIR's layout; returns counts."""
-    counts: dict = {"queries": {}, "candidates": {}}
-    for directory in ("query/train", "query/test", "cand_pool/global", "cand_pool/local", "qrels/train", "qrels/test"):
-        (root / directory).mkdir(parents=True, exist_ok=True)
-    modality_of = {c["did"]: c["modality"] for split in candidates for c in candidates[split]}
-    for split in ("train", "test"):
-        write_jsonl(root / f"cand_pool/global/mbeir_union_{split}_cand_pool.jsonl", candidates[split])
-        counts["candidates"][split] = len(candidates[split])
-        per_task: dict[int, list[dict]] = {}
-        for query in queries[split]:
-            per_task.setdefault(query["task_id"], []).append(query)
-        counts["queries"][split] = {str(t): len(per_task[t]) for t in sorted(per_task)}
-        if split == "train":
-            write_jsonl(root / f"query/train/mbeir_{dataset}_train.jsonl", queries[split])
-            write_qrels(root / f"qrels/train/mbeir_{dataset}_train_qrels.txt", _qrels(queries[split]))
-            continue
-        for task, task_queries in sorted(per_task.items()):
-            write_jsonl(root / f"query/test/mbeir_{dataset}_task{task}_test.jsonl", task_queries)
-            write_qrels(root / f"qrels/test/mbeir_{dataset}_task{task}_test_qrels.txt", _qrels(task_queries))
-            # The local pool: every test candidate of the modality this task retrieves.
-            wanted = modality_of[task_queries[0]["pos_cand_list"][0]]
-            write_jsonl(
-                root / f"cand_pool/local/mbeir_{dataset}_task{task}_cand_pool.jsonl",
-                [c for c in candidates["test"] if c["modality"] == wanted],
-            )
-    return counts
-
-
-def _qrels(queries: list[dict]):
-    for query in queries:
-        for did in query["pos_cand_list"]:
-            yield query["qid"], did, 1, query["task_id"]
 
 
 def load_scenes(root: str | Path, split: str = "train"):

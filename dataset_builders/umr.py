@@ -40,7 +40,14 @@ from .mbeir import (
     read_queries,
     task_name,
 )
-from .rows import CANDIDATE_FEATURES, TRAINING_FEATURES, MissingImages, candidate_rows, drop_missing_images, training_rows
+from .rows import (
+    CANDIDATE_FEATURES,
+    TRAINING_FEATURES,
+    MissingImages,
+    candidate_rows,
+    drop_missing_images,
+    training_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -268,8 +275,7 @@ class UMRS10(datasets.GeneratorBasedBuilder):
 
     def _generate_examples(self):
         sample = self.sample()
-        for index, row in enumerate(training_rows(sample.queries, sample.candidates, sample.root, embed_images=False)):
-            yield index, row
+        yield from enumerate(training_rows(sample.queries, sample.candidates, sample.root, embed_images=False))
 
 
 def build_umr_s10(
