@@ -203,3 +203,34 @@ def build_openclipart(
         counts["images"] = len(records)
     logger.info("OpenClipart: %d images -> %s", len(records), counts["queries"])
     return counts
+
+
+def write_fixture(
+    out_dir: str | Path, root: str | Path = DEFAULT_ROOT, per_category: int = 2, image_size: int = 64, overwrite: bool = False
+) -> int:
+    """A small copy of the packages' layout for tests: a few images per category, SVGs cut to their metadata.
+
+    Prefers images with a description and keywords; returns how many images were copied.
+    """
+    items = scan_openclipart(root, progress=False)
+    by_category: dict[str, list[ClipArt]] = {}
+    for item in items:
+        by_category.setdefault(item.category, []).append(item)
+    chosen = []
+    for category in sorted(by_category):
+        ranked = sorted(by_category[category], key=lambda i: (not i.description, not i.keywords, i.path))
+        chosen += ranked[:per_category]
+    with staging_folder(out_dir, overwrite=overwrite) as out:
+        for item in chosen:
+            svg_text = (Path(root) / "svg" / f"{item.path}.svg").read_text(encoding="utf-8", errors="replace")
+            work = _WORK.search(svg_text)
+            target = out / "svg" / f"{item.path}.svg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(
+                '<svg xmlns="http://www.w3.org/2000/svg" xmlns:cc="http://web.resource.org/cc/" '
+                'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+                f"<metadata><rdf:RDF>{work.group(0)}</rdf:RDF></metadata></svg>\n",
+                encoding="utf-8",
+            )
+            _save_png(Path(root) / "png" / f"{item.path}.png", out / "png" / f"{item.path}.png", image_size)
+    return len(chosen)
