@@ -118,11 +118,10 @@ def split_of(path: str, test_fraction: float) -> str:
 
 def _save_png(source: Path, target: Path, image_size: int) -> None:
     with Image.open(source) as image:
-        image.load()
+        image.thumbnail((image_size, image_size))  # shrink first: a few package PNGs are ~10k x 10k
         rgba = image.convert("RGBA")
     canvas = Image.new("RGB", rgba.size, (255, 255, 255))
     canvas.paste(rgba, mask=rgba.getchannel("A"))  # transparent clip art on white
-    canvas.thumbnail((image_size, image_size))
     target.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(target, optimize=True)
 

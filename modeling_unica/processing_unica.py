@@ -48,7 +48,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
         array = np.clip(array / top * 255.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, mode="L").convert("RGB")
+        return Image.fromarray(array).convert("RGB")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -137,10 +137,10 @@ def split_item(item: Any, index: int) -> tuple[str | None, Any]:
         if (text is None or text == "") and image is None:
             raise ValueError(f"input {index}: a dict item needs a non-empty 'text' or an 'image'")
         return text, image
-    if isinstance(item, dict):
-        raise ValueError(f"input {index}: a dict item needs a 'text' and/or 'image' key, got keys {sorted(item)}")
     if _is_image_value(item):
         return None, item
+    if isinstance(item, dict):
+        raise ValueError(f"input {index}: a dict item needs a 'text' and/or 'image' key, got keys {sorted(item)}")
     raise ValueError(
         f"input {index}: unsupported type {type(item).__name__}; use str (text), PIL.Image / pathlib.Path / "
         "bytes (image) or a {'text': ..., 'image': ...} dict"

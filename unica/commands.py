@@ -1,0 +1,100 @@
+"""``unica init``, ``unica encode`` and ``unica demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from configuration_unica import FUSIONS, POOLINGS
+from modeling_unica import VISION_PRESETS
+
+logger = logging.getLogger("unica")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    init = subparsers.add_parser("init", help="build a checkpoint folder from a text encoder and a vision tower")
+    init.add_argument("out", help="checkpoint folder to write")
+    init.add_argument("--text", help="BERT-family encoder: Hub id or folder (default: the embedded all-MiniLM-L6-v2)")
+    init.add_argument("--vision", default="vit-micro",
+                      help=f"CLIP / SigLIP / ViT Hub id or folder, or a preset: {', '.join(VISION_PRESETS)}")
+    init.add_argument("--fusion", choices=FUSIONS, default="bica")
+    init.add_argument("--pooling", choices=POOLINGS, help="default: the text model's own (CLS unless its "
+                      "sentence-transformers pooling says mean)")
+    init.add_argument("--bica-layers", type=int, default=1)
+    init.add_argument("--image-size", type=int, help="image size of a preset vision tower")
+    init.add_argument("--patch-size", type=int, help="patch size of a preset vision tower")
+    init.add_argument("--seed", type=int, default=0, help="seed for the randomly initialised parts")
+    init.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    init.set_defaults(func=run_init)
+
+    encode = subparsers.add_parser("encode", help="embed texts, images or a JSONL of records into a .npy file")
+    encode.add_argument("checkpoint", help="UniCA checkpoint folder")
+    encode.add_argument("--text", action="append", help="a text (repeatable; paired with --image if both given)")
+    encode.add_argument("--image", action="append", help="an image path (repeatable)")
+    encode.add_argument("--jsonl", help='file of {"text": ..., "image": path} records, one per line')
+    encode.add_argument("--out", required=True, help="where to write the (n, hidden) float32 .npy array")
+    encode.add_argument("--batch-size", type=int, default=32)
+    encode.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    encode.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    encode.set_defaults(func=run_encode)
+
+    demo = subparsers.add_parser("demo", help="the offline end-to-end demo on the embedded default model")
+    demo.add_argument("--out", default="demo-output", help="folder for the demo's checkpoint and outputs")
+    demo.set_defaults(func=run_demo)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from unica.checkpoint import default_text_encoder, init_model, save_checkpoint
+
+    overrides = {}
+    if args.pooling:
+        overrides["pooling"] = args.pooling
+    vision_overrides = {k: v for k, v in (("image_size", args.image_size), ("patch_size", args.patch_size)) if v}
+    if vision_overrides:
+        if args.vision not in VISION_PRESETS:
+            raise ValueError("--image-size / --patch-size apply to preset vision towers only")
+        overrides["vision_config_overrides"] = vision_overrides
+    if args.fusion == "bica":
+        overrides["bica_layers"] = args.bica_layers
+    torch.manual_seed(args.seed)
+    text = args.text or default_text_encoder()
+    model, processor = init_model(text, args.vision, fusion=args.fusion, **overrides)
+    if os.path.exists(args.out) and not args.overwrite:
+        raise FileExistsError(f"{args.out!r} already exists; pass --overwrite to replace it")
+    save_checkpoint(model, processor, args.out, overwrite=args.overwrite)
+    logger.info("wrote %s (fusion=%s, pooling=%s, %d image tokens, %.1fM parameters)", args.out,
+                model.config.fusion, model.config.pooling, model.config.num_image_tokens,
+                sum(p.numel() for p in model.parameters()) / 1e6)
+    return 0
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from unica.checkpoint import load_checkpoint
+    from unica.encoding import encode_items, pair_cli_items, read_jsonl_items
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    items = read_jsonl_items(args.jsonl) if args.jsonl else []
+    items += pair_cli_items(args.text, args.image)
+    if not items:
+        raise ValueError("nothing to encode: pass --text, --image or --jsonl")
+    model, processor = load_checkpoint(args.checkpoint)
+    embeddings = encode_items(model, processor, items, batch_size=args.batch_size, dtype=args.dtype)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.partial.npy")
+    np.save(temporary, embeddings)
+    temporary.replace(out)
+    logger.info("wrote %s: %d embeddings of size %d", out, *embeddings.shape)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from unica.demo import run
+
+    return run(Path(args.out))
