@@ -94,10 +94,14 @@ def main() -> int:
         generate(root, args.queries, args.candidates)
         generate_seconds = time.perf_counter() - started
         input_bytes = sum(p.stat().st_size for p in root.rglob("*.jsonl"))
-        command = [
-            sys.executable, "-m", "unica", "build-dataset", "umr-s10", "--mbeir-root", str(root),
-            "--fraction", str(args.fraction), "--seed", "0", "--out", str(workdir / "UMR-S10"),
-        ]
+        # The builder alone (what `unica build-dataset umr-s10` runs, without the CLI importing every
+        # area of the toolkit, torch included).
+        code = (
+            "import logging, sys; logging.basicConfig(level=logging.INFO);"
+            "from dataset_builders.umr import build_umr_s10;"
+            "build_umr_s10(sys.argv[1], sys.argv[2], fraction=float(sys.argv[3]), seed=0)"
+        )
+        command = [sys.executable, "-c", code, str(root), str(workdir / "UMR-S10"), str(args.fraction)]
         started = time.perf_counter()
         subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1])
         build_seconds = time.perf_counter() - started

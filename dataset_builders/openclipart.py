@@ -29,6 +29,7 @@ import html
 import logging
 import random
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,14 +117,28 @@ def split_of(path: str, test_fraction: float) -> str:
     return "test" if bucket < test_fraction else "train"
 
 
-def _save_png(source: Path, target: Path, image_size: int) -> None:
-    with Image.open(source) as image:
-        image.thumbnail((image_size, image_size))  # shrink first: a few package PNGs are ~10k x 10k
+def _save_png(source: Path, target: Path, image_size: int, max_pixels: int) -> bool:
+    """Shrink a package PNG onto white; ``False`` (nothing written) for images over ``max_pixels``.
+
+    A few package PNGs are huge (up to ~600 megapixels, gigabytes once decoded); they are skipped
+    rather than raising Pillow's process-wide decompression-bomb limit.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below
+        try:
+            image = Image.open(source)
+        except Image.DecompressionBombError:
+            return False
+    with image:
+        if image.size[0] * image.size[1] > max_pixels:
+            return False
+        image.thumbnail((image_size, image_size))  # shrink first, then convert the small copy
         rgba = image.convert("RGBA")
     canvas = Image.new("RGB", rgba.size, (255, 255, 255))
     canvas.paste(rgba, mask=rgba.getchannel("A"))  # transparent clip art on white
     target.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(target, optimize=True)
+    return True
 
 
 def build_openclipart(
@@ -135,10 +150,12 @@ def build_openclipart(
     limit: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    max_pixels: int = 40_000_000,
 ) -> dict:
     """Build the OpenClipart M-BEIR root in ``out_dir`` from the package root; returns counts.
 
     ``limit`` keeps the first N images (sorted by path), for quick runs. ``seed`` picks hard negatives.
+    PNGs over ``max_pixels`` are skipped (counted in the result as ``skipped_oversized``).
     """
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
@@ -162,11 +179,13 @@ def build_openclipart(
                 text_dids[(split, txt)] = did
             return did
 
-        records = []
+        records, oversized = [], []
         for item in tqdm(items, desc="converting images", disable=not progress):
             split = split_of(item.path, test_fraction)
             relative = f"mbeir_images/openclipart_images/{item.path}.png"
-            _save_png(Path(root) / "png" / f"{item.path}.png", out / relative, image_size)
+            if not _save_png(Path(root) / "png" / f"{item.path}.png", out / relative, image_size, max_pixels):
+                oversized.append(item.path)
+                continue
             title = item.title or item.description
             dids = {
                 "image": add_candidate(split, None, relative, "image"),
@@ -200,6 +219,9 @@ def build_openclipart(
                 counter["qid"] += 1
         counts = write_mbeir_source(out, "openclipart", queries, candidates)
         counts["images"] = len(records)
+        counts["skipped_oversized"] = len(oversized)
+    if oversized:
+        logger.warning("skipped %d PNGs over %d pixels, e.g. %s", len(oversized), max_pixels, oversized[:3])
     logger.info("OpenClipart: %d images -> %s", len(records), counts["queries"])
     return counts
 
@@ -231,5 +253,5 @@ def write_fixture(
                 f"<metadata><rdf:RDF>{work.group(0)}</rdf:RDF></metadata></svg>\n",
                 encoding="utf-8",
             )
-            _save_png(Path(root) / "png" / f"{item.path}.png", out / "png" / f"{item.path}.png", image_size)
+            _save_png(Path(root) / "png" / f"{item.path}.png", out / "png" / f"{item.path}.png", image_size, 40_000_000)
     return len(chosen)
