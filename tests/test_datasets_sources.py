@@ -22,7 +22,18 @@ OPENCLIPART = FIXTURES / "openclipart"
 
 
 def _digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    """sha256 per file; PNGs by their pixels (compressed bytes may differ between zlib builds)."""
+    digests = {}
+    for path in sorted(root.rglob("*")):
+        if not path.is_file():
+            continue
+        if path.suffix == ".png":
+            with Image.open(path) as image:
+                data = image.mode.encode() + repr(image.size).encode() + image.tobytes()
+        else:
+            data = path.read_bytes()
+        digests[str(path.relative_to(root))] = hashlib.sha256(data).hexdigest()
+    return digests
 
 
 def _scenes(root: Path) -> list[dict]:
