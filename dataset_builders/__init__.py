@@ -2,26 +2,38 @@
 
 Everything exports to Parquet with a dataset card, so ``datasets.load_dataset(folder)`` reads it.
 See the modules: :mod:`.mbeir`, :mod:`.umr`, :mod:`.evaluation`, :mod:`.scenes`, :mod:`.openclipart`,
-:mod:`.export`, :mod:`.hub`.
+:mod:`.export`, :mod:`.hub`, :mod:`.cli`.
+
+Names are imported lazily, so ``unica --help`` (which imports :mod:`.cli`) needs neither ``datasets``
+nor ``pyarrow``.
 """
 
-from .mbeir import DATASET_IDS, MBEIR_TASKS, MBEIRLayout
-from .rows import CANDIDATE_FEATURES, QRELS_FEATURES, QUERY_FEATURES, TRAINING_FEATURES
-from .scenes import generate_scenes, load_scenes
-from .umr import UMRS10, build_umr_s10, load_training_rows, stratified_sample
+from __future__ import annotations
 
-__all__ = [
-    "CANDIDATE_FEATURES",
-    "DATASET_IDS",
-    "MBEIR_TASKS",
-    "MBEIRLayout",
-    "QRELS_FEATURES",
-    "QUERY_FEATURES",
-    "TRAINING_FEATURES",
-    "UMRS10",
-    "build_umr_s10",
-    "generate_scenes",
-    "load_scenes",
-    "load_training_rows",
-    "stratified_sample",
-]
+import importlib
+
+_EXPORTS = {
+    "DATASET_IDS": "mbeir",
+    "MBEIR_TASKS": "mbeir",
+    "MBEIRLayout": "mbeir",
+    "CANDIDATE_FEATURES": "rows",
+    "QRELS_FEATURES": "rows",
+    "QUERY_FEATURES": "rows",
+    "TRAINING_FEATURES": "rows",
+    "UMRS10": "umr",
+    "build_umr_s10": "umr",
+    "load_training_rows": "umr",
+    "stratified_sample": "umr",
+    "build_evaluation_sets": "evaluation",
+    "generate_scenes": "scenes",
+    "load_scenes": "scenes",
+    "build_openclipart": "openclipart",
+    "push_dataset": "hub",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dataset_builders' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
