@@ -57,9 +57,6 @@ VISION_PRESETS = {
                  "image_size": 224, "patch_size": 16},
 }
 
-# The code files a checkpoint folder carries, so that it loads with only torch + transformers + PIL.
-REMOTE_CODE_FILES = ("configuration_unica.py", "modeling_unica.py", "processing_unica.py")
-
 
 @dataclass
 class UniCAOutput(ModelOutput):
@@ -523,22 +520,14 @@ def _ignore_processor_extras(kwargs: dict) -> None:
         raise TypeError(f"UniCAModel got unexpected inputs {sorted(unknown)}")
 
 
-def remote_code_sources() -> dict[str, str]:
-    """Paths of the three remote-code files, wherever this module was imported from."""
-    modeling_file = inspect.getfile(UniCAModel)
-    folder = os.path.dirname(modeling_file)
-    config_file = inspect.getfile(UniCAConfig)
-    processing_file = os.path.join(folder, "processing_unica.py")
-    return {
-        "configuration_unica.py": config_file,
-        "modeling_unica.py": modeling_file,
-        "processing_unica.py": processing_file,
-    }
-
-
 def write_remote_code(save_directory: str | os.PathLike) -> None:
-    """Copy the three remote-code files into a checkpoint folder."""
-    for name, source in remote_code_sources().items():
+    """Copy the configuration and modeling code files into a checkpoint folder.
+
+    The files are taken from wherever these classes were imported from (the installed packages, or a
+    checkpoint's own copies when loaded as remote code); the processor copies its own file.
+    """
+    for name, cls in (("configuration_unica.py", UniCAConfig), ("modeling_unica.py", UniCAModel)):
+        source = inspect.getfile(cls)
         if not os.path.isfile(source):
             raise FileNotFoundError(f"remote-code file {source!r} is missing; reinstall the unica package")
         shutil.copyfile(source, os.path.join(save_directory, name))

@@ -10,9 +10,12 @@ This file is shipped to the Hub as remote code: it imports only torch, transform
 
 from __future__ import annotations
 
+import inspect
 import io
+import json
 import os
 import pathlib
+import shutil
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -287,15 +290,14 @@ class UniCAProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values", "image_mask"]
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`ProcessorMixin.save_pretrained`, with `auto_map` so `AutoProcessor` finds this class."""
+        """`ProcessorMixin.save_pretrained`, plus this code file and an `auto_map` for `AutoProcessor`."""
         result = super().save_pretrained(save_directory, *args, **kwargs)
         _add_processor_auto_map(save_directory)
+        shutil.copyfile(inspect.getfile(type(self)), os.path.join(save_directory, "processing_unica.py"))
         return result
 
 
 def _add_processor_auto_map(save_directory) -> None:
-    import json
-
     path = os.path.join(save_directory, "processor_config.json")
     data = {}
     if os.path.isfile(path):

@@ -16,6 +16,7 @@ from pathlib import Path
 from transformers import AutoImageProcessor, AutoTokenizer
 
 from modeling_unica import VISION_PRESETS, UniCAModel, UniCAProcessor
+from unica.st import write_sentence_transformers_files
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,9 @@ REQUIRED_FILES = (
     "processing_unica.py",
     "processor_config.json",
     "tokenizer_config.json",
+    "modules.json",
+    "config_sentence_transformers.json",
+    "st_unica.py",
 )
 
 
@@ -108,10 +112,12 @@ def save_checkpoint(
     processor: UniCAProcessor,
     path: str | os.PathLike,
     overwrite: bool = False,
+    prompts: dict[str, str] | None = None,
     extra_writers: list[Callable[[Path], None]] | None = None,
 ) -> Path:
     """Write a complete checkpoint folder: config + safetensors weights + remote code + processor files
-    (+ the sentence-transformers files and model card, when those writers are available).
+    + the sentence-transformers files (``prompts`` sets the query / document prompts) + ``extra_writers``
+    (e.g. the model card), each called with the temporary folder before it is renamed into place.
 
     Example:
 
@@ -124,7 +130,8 @@ def save_checkpoint(
     def write(folder: Path) -> None:
         model.save_pretrained(folder, safe_serialization=True)
         processor.save_pretrained(folder)
-        for writer in _default_writers() + list(extra_writers or []):
+        write_sentence_transformers_files(folder, prompts=prompts)
+        for writer in extra_writers or []:
             writer(folder)
         missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
         if missing:
@@ -133,18 +140,6 @@ def save_checkpoint(
     saved = atomic_directory(path, write, overwrite=overwrite)
     logger.info("saved UniCA checkpoint to %s", saved)
     return saved
-
-
-def _default_writers() -> list[Callable[[Path], None]]:
-    """Writers other areas add to every checkpoint (sentence-transformers config, model card)."""
-    writers: list[Callable[[Path], None]] = []
-    try:
-        from unica.st import write_sentence_transformers_files
-    except ImportError:
-        pass
-    else:
-        writers.append(write_sentence_transformers_files)
-    return writers
 
 
 def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> tuple[UniCAModel, UniCAProcessor]:

@@ -1,0 +1,53 @@
+"""Making every UniCA checkpoint folder a sentence-transformers model.
+
+The folder gets ``modules.json`` naming one module, ``st_unica.UniCAEmbedder`` (the file ships in
+the folder, so ``SentenceTransformer(path, trust_remote_code=True)`` needs no unica install),
+``config_sentence_transformers.json`` (prompts, similarity function) and the module's config.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+from pathlib import Path
+
+from unica import st_unica
+
+DEFAULT_PROMPTS = {"query": "", "document": ""}
+
+
+def write_sentence_transformers_files(folder: str | os.PathLike, prompts: dict[str, str] | None = None) -> None:
+    """Write the sentence-transformers files into a checkpoint folder (the weights are shared with transformers).
+
+    ``prompts`` maps prompt names to prefixes (``encode_query`` uses ``"query"``, ``encode_document``
+    ``"document"``); existing prompts in the folder are kept unless given.
+
+    Example:
+
+    ```python
+    >>> write_sentence_transformers_files("./unica-mini", prompts={"query": "Represent this query: "})
+    ```
+    """
+    folder = Path(folder)
+    shutil.copyfile(inspect.getfile(st_unica), folder / "st_unica.py")
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "st_unica.UniCAEmbedder"}]
+    _write_json(folder / "modules.json", modules)
+    _write_json(folder / st_unica.UniCAEmbedder.config_file_name, {})
+    config_path = folder / "config_sentence_transformers.json"
+    existing = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    merged_prompts = {**DEFAULT_PROMPTS, **existing.get("prompts", {}), **(prompts or {})}
+    for name, value in merged_prompts.items():
+        if not isinstance(value, str):
+            raise ValueError(f"prompt {name!r} must be a string, got {type(value).__name__}")
+    _write_json(config_path, {
+        "model_type": "SentenceTransformer",
+        "prompts": merged_prompts,
+        "default_prompt_name": existing.get("default_prompt_name"),
+        "similarity_fn_name": "cosine",
+    })
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
