@@ -17,6 +17,7 @@ import sys
 # the others.
 _REGISTRARS = [
     ("unica.commands", "register"),
+    ("unica.train_cli", "register"),
     ("dataset_builders.cli", "register"),
     ("eval.cli", "register"),
 ]
