@@ -46,7 +46,8 @@ class IndexSpec:
         hnsw_m: HNSW neighbours per node.
         ef_construction / ef_search: HNSW beam widths at build and search time.
         pq_m / pq_bits: IVF-PQ sub-quantisers (must divide the dimension) and bits per code.
-        train_size: vectors sampled for IVF training; default ``min(n, 64 * nlist)``.
+        train_size: vectors sampled for IVF training; default ``min(n, 64 * nlist)`` (IVF-PQ: at
+            least ``39 * 2**pq_bits`` for its codebooks).
         normalize: L2-normalise vectors and queries, so inner product is cosine similarity.
         seed: seed for the training sample and k-means.
 
@@ -242,7 +243,9 @@ class EmbeddingIndex:
         scores, indices = self._index.search(queries, k_search)
         scores = np.where(indices < 0, np.nan, scores).astype(np.float32)
         # Sort by score (desc), then insertion order, so ties come out deterministically.
-        order = np.lexsort((np.where(indices < 0, np.iinfo(np.int64).max, indices), -np.nan_to_num(scores, nan=-np.inf)))
+        order = np.lexsort(
+            (np.where(indices < 0, np.iinfo(np.int64).max, indices), -np.nan_to_num(scores, nan=-np.inf))
+        )
         scores = np.take_along_axis(scores, order, axis=1)
         indices = np.take_along_axis(indices, order, axis=1)
         if k_search < k:
@@ -268,7 +271,9 @@ class EmbeddingIndex:
         directory = Path(directory)
         for name in ("index.faiss", "ids.json", "spec.json"):
             if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name} is missing; is {directory} an index saved by EmbeddingIndex.save?")
+                raise FileNotFoundError(
+                    f"{directory / name} is missing; is {directory} an index saved by EmbeddingIndex.save?"
+                )
         meta = json.loads((directory / "spec.json").read_text(encoding="utf-8"))
         spec = IndexSpec(**meta["spec"])
         index = cls.__new__(cls)
@@ -327,7 +332,10 @@ def _training_sample(matrices: Sequence[np.ndarray], index: EmbeddingIndex, spec
     """Uniform sample of rows across (possibly memory-mapped) matrices, read in row order."""
     sizes = [len(matrix) for matrix in matrices]
     total = sum(sizes)
-    size = min(total, spec.train_size or 64 * (index.nlist or 1))
+    default = 64 * (index.nlist or 1)
+    if spec.kind == "ivfpq":  # each PQ codebook wants about 39 points per centroid
+        default = max(default, 39 * 2**spec.pq_bits)
+    size = min(total, spec.train_size or default)
     rng = np.random.default_rng(spec.seed)
     chosen = np.sort(rng.choice(total, size=size, replace=False))
     parts, offset = [], 0
@@ -427,7 +435,9 @@ def build_index_from_shards(
     matrices = [np.load(path, mmap_mode="r") for path in paths]
     dims = {matrix.shape[1] if matrix.ndim == 2 else None for matrix in matrices}
     if len(dims) != 1 or None in dims:
-        raise ValueError(f"shards have different or invalid shapes {[m.shape for m in matrices]}; re-encode them with one model")
+        raise ValueError(
+            f"shards have different or invalid shapes {[m.shape for m in matrices]}; re-encode them with one model"
+        )
     spec = spec or IndexSpec()
     total = sum(len(matrix) for matrix in matrices)
     index = EmbeddingIndex(dims.pop(), spec, expected_size=total)

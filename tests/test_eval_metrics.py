@@ -54,9 +54,7 @@ def test_every_metric_matches_hand_computed_values():
 
 
 def test_means_over_queries_and_per_query_values():
-    out = compute_ranking_metrics(
-        [RANKING, ["d7", "d8"]], [RELEVANT, ["d7"]], k_values=[1, 2], return_per_query=True
-    )
+    out = compute_ranking_metrics([RANKING, ["d7", "d8"]], [RELEVANT, ["d7"]], k_values=[1, 2], return_per_query=True)
     assert out["num_queries"] == 2 and out["num_queries_without_relevant"] == 0
     assert out["recall@2"] == pytest.approx((1 / 3 + 1) / 2)
     assert out["hit@1"] == pytest.approx(0.5)

@@ -190,9 +190,7 @@ def compute_ranking_metrics(
         if isinstance(ranking, str) or isinstance(relevant, str):
             raise ValueError(f"query {index}: a ranking and a reference must be lists of ids, got a string")
         if len(ranking) == 0:
-            raise ValueError(
-                f"predictions[{index}] is an empty ranking; every query needs at least one retrieved id"
-            )
+            raise ValueError(f"predictions[{index}] is an empty ranking; every query needs at least one retrieved id")
         if len(set(ranking)) != len(ranking):
             seen: set = set()
             duplicate = next(doc_id for doc_id in ranking if doc_id in seen or seen.add(doc_id))
