@@ -58,22 +58,9 @@ def push_dataset(
 
     Returns the list of uploaded (or, with ``dry_run``, would-be uploaded) files.
     """
-    if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"repo id {repo_id!r} must look like 'org-or-user/name'")
-    files = validate_export(folder)
-    if dry_run:
-        logger.info("dry run: would upload %d files from %s to datasets/%s", len(files), folder, repo_id)
-        return files
-    from huggingface_hub import HfApi
+    from unica.hub import check_repo_id, upload_validated_folder
 
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    api.upload_folder(
-        repo_id=repo_id,
-        repo_type="dataset",
-        folder_path=str(folder),
-        revision=revision,
-        commit_message=commit_message or f"Upload {Path(folder).name} ({len(files)} files)",
-    )
-    logger.info("uploaded %d files to https://huggingface.co/datasets/%s", len(files), repo_id)
-    return files
+    check_repo_id(repo_id)
+    files = validate_export(folder)
+    return upload_validated_folder(folder, repo_id, files, repo_type="dataset", private=private, revision=revision,
+                                   commit_message=commit_message, token=token, dry_run=dry_run)

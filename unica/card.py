@@ -1,0 +1,161 @@
+"""Model card: ``model_card.md`` (the template) rendered into a checkpoint's ``README.md``.
+
+Every number comes from ``results.json`` (written by ``unica evaluate``) or an ablation JSON (written
+by ``unica ablate``); a metric or section with no measurement says "not measured" instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+# The paper's protocol: Recall@5, Recall@10 (M-BEIR's "Recall" = our hit@k) and MRR@1.
+CARD_METRICS = ("hit@5", "hit@10", "mrr@1", "recall@5", "recall@10", "ndcg@10")
+NOT_MEASURED = "not measured"
+
+
+def _read_json(path: str | os.PathLike | None, what: str) -> dict | None:
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {str(path)!r} does not exist; run the command that writes it first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} file {str(path)!r} is not valid JSON ({error.msg})") from error
+
+
+def _hub_id(name: str | None) -> str | None:
+    """A Hub id (org/name) recorded in a sub-config, or None for local paths and presets."""
+    if name and re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", name) and not os.path.exists(name):
+        return name
+    return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, Mapping):  # {"mean": ..., "std": ...} summaries
+        value = value.get("mean")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def results_markdown(tasks: Mapping[str, Mapping[str, Any]] | None) -> str:
+    """A table of the measured per-task metrics; columns that no task measured are left out."""
+    if not tasks:
+        return f"Evaluation: {NOT_MEASURED} (no results.json was given to `unica card`)."
+    columns = [m for m in CARD_METRICS if any(_number(values.get(m)) is not None for values in tasks.values())]
+    if not columns:
+        return f"Evaluation: {NOT_MEASURED} (results.json has none of {', '.join(CARD_METRICS)})."
+    lines = ["| task | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for task, values in tasks.items():
+        cells = [f"{v:.4f}" if (v := _number(values.get(m))) is not None else NOT_MEASURED for m in columns]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _model_index(name: str, tasks: Mapping[str, Mapping[str, Any]] | None) -> list[dict]:
+    results = []
+    for task, values in (tasks or {}).items():
+        metrics = [
+            {"type": metric.replace("@", "_at_"), "name": metric, "value": round(value, 6)}
+            for metric in CARD_METRICS
+            if (value := _number(values.get(metric))) is not None
+        ]
+        if metrics:
+            results.append({"task": {"type": "retrieval", "name": "Retrieval"},
+                            "dataset": {"name": task, "type": task}, "metrics": metrics})
+    return [{"name": name, "results": results}] if results else []
+
+
+def render_model_card(
+    checkpoint: str | os.PathLike,
+    results_path: str | os.PathLike | None = None,
+    ablation_path: str | os.PathLike | None = None,
+    repo_id: str | None = None,
+    training_data: str | None = None,
+    license_name: str = "apache-2.0",
+) -> str:
+    """Render the model card for a checkpoint folder from its config and measured results.
+
+    Example:
+
+    ```python
+    >>> card = render_model_card("./my-model", results_path="results/results.json", repo_id="my-org/unica-base")
+    ```
+    """
+    folder = Path(checkpoint)
+    config = _read_json(folder / "config.json", "checkpoint config")
+    if config is None or config.get("model_type") != "unica":
+        raise ValueError(f"{str(folder)!r} is not a UniCA checkpoint (config.json model_type is not 'unica')")
+    results = _read_json(results_path, "results") or {}
+    record = folder / "training_record.json"  # written by the trainer's save_model, when it trained this folder
+    if "training" not in results and record.is_file():
+        results["training"] = _read_json(record, "training record")
+    ablation = _read_json(ablation_path, "ablation") or {}
+    tasks = results.get("tasks") if isinstance(results.get("tasks"), Mapping) else None
+    text_cfg, vision_cfg = config["text_config"], config["vision_config"]
+    name = repo_id.split("/")[-1] if repo_id else folder.name
+    base_models = [m for m in (_hub_id(text_cfg.get("_name_or_path")), _hub_id(vision_cfg.get("_name_or_path"))) if m]
+    metadata: dict[str, Any] = {
+        "library_name": "sentence-transformers",
+        "pipeline_tag": "sentence-similarity",
+        "license": license_name,
+        "language": ["en"],
+        "tags": ["unica", "multimodal", "retrieval", "feature-extraction", "sentence-transformers", "transformers",
+                 "custom_code", f"fusion-{config['fusion']}"],
+    }
+    if base_models:
+        metadata["base_model"] = base_models
+    datasets = results.get("datasets") or ([training_data] if training_data and _hub_id(training_data) else None)
+    if datasets:
+        metadata["datasets"] = datasets
+    model_index = _model_index(name, tasks)
+    if model_index:
+        metadata["model-index"] = model_index
+
+    fusion = config["fusion"]
+    values = {
+        "metadata": yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).strip(),
+        "model_name": name,
+        "repo_id": repo_id or str(folder),
+        "vision_model": vision_cfg.get("model_type", "vision"),
+        "text_model": text_cfg.get("model_type", "text"),
+        "fusion": fusion,
+        "fusion_description": "Bi-directional Cross-Attention (Bi-CA)" if fusion == "bica"
+        else "VISTA-style concatenation (the baseline)",
+        "bica_detail": f" ({config['bica_layers']} Bi-CA layer(s), {config['bica_heads']} heads, zero-initialised "
+        "gates)" if fusion == "bica" else "",
+        "hidden_size": str(text_cfg.get("hidden_size")),
+        "pooling": config["pooling"].upper() if config["pooling"] == "cls" else config["pooling"],
+        "max_text_length": str(config["max_text_length"]),
+        "temperature": str(results.get("training", {}).get("temperature", config.get("contrastive_temperature"))),
+        "psl_weight": str(results.get("training", {}).get("psl_weight", NOT_MEASURED + " (no training record)")),
+        "training_data": training_data or results.get("training", {}).get("data") or "not recorded for this checkpoint",
+        "metric_note": "hit@k is 1 if any relevant document is in the top k (what M-BEIR / UniIR and the UniCA paper "
+        "report as Recall@k); recall@k is the share of relevant documents in the top k; mrr@1 equals hit@1.",
+        "results_table": results_markdown(tasks),
+        "ablation_table": ablation.get("markdown") or f"Ablations: {NOT_MEASURED} (no ablation JSON was given).",
+    }
+    template = TEMPLATE.read_text(encoding="utf-8")
+    unknown = sorted(set(_PLACEHOLDER.findall(template)) - set(values))
+    if unknown:
+        raise ValueError(f"model card template {TEMPLATE} uses unknown placeholders {unknown}")
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
+
+
+def write_model_card(checkpoint: str | os.PathLike, **kwargs) -> Path:
+    """Render the card and write it as the checkpoint's ``README.md`` (atomically)."""
+    text = render_model_card(checkpoint, **kwargs)
+    path = Path(checkpoint) / "README.md"
+    temporary = path.with_name(".README.md.partial")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+    return path
