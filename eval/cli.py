@@ -1,0 +1,85 @@
+"""``unica evaluate`` and ``unica ablate``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+logger = logging.getLogger("unica")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes i/n (e.g. 0/4), got {text!r}") from None
+    if not (count >= 1 and 0 <= index < count):
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= i < n")
+    return index, count
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    evaluate = subparsers.add_parser("evaluate", help="retrieval metrics of a checkpoint on an evaluation folder")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--dataset", required=True, help="folder written by `unica build-dataset webqa|mbeir-eval`")
+    evaluate.add_argument("--tasks", help="comma-separated, e.g. webqa_task1,webqa_task2 or task2 (default: all)")
+    evaluate.add_argument("--out", required=True, help="folder for results.json, results.md, recall_curves.png")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    evaluate.add_argument("--index", default="flat",
+                          help="flat (exact) | ivf | hnsw | ivfpq, with parameters: 'ivf,nlist=1024,nprobe=32'")
+    evaluate.add_argument("--pool", choices=["local", "global"], default="local")
+    evaluate.add_argument("--k", type=_ints, default=[1, 5, 10, 20, 50], help="cut-offs, e.g. 1,5,10")
+    evaluate.add_argument("--cache-dir", help="candidate-embedding cache (default: OUT/embedding-cache)")
+    evaluate.add_argument("--no-cache", action="store_true")
+    evaluate.add_argument("--shard", type=_shard, help="encode only candidate shard i/n into --shard-dir")
+    evaluate.add_argument("--shard-dir", help="per-shard embeddings; without --shard, merge them into the index")
+    evaluate.add_argument("--split", default="test")
+    evaluate.set_defaults(func=run_evaluate)
+
+    ablate = subparsers.add_parser("ablate", help="train and evaluate an ablation grid; tables with CIs")
+    ablate.add_argument("--config", required=True, help="YAML grid (see examples/ablation_scenes.yaml)")
+    ablate.add_argument("--out", required=True)
+    ablate.set_defaults(func=run_ablate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from eval.harness import evaluate_checkpoint
+    from eval.index import IndexSpec
+
+    shard = args.shard
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if shard is None and world > 1:
+        if not args.shard_dir:
+            raise ValueError("under torchrun, pass --shard-dir: each rank encodes one shard of the candidates")
+        shard = (int(os.environ.get("RANK", "0")), world)
+    cache_dir = None if args.no_cache else (args.cache_dir or os.path.join(args.out, "embedding-cache"))
+    results = evaluate_checkpoint(
+        args.checkpoint, args.dataset, out_dir=args.out,
+        tasks=[t for t in (args.tasks or "").split(",") if t] or None, batch_size=args.batch_size, dtype=args.dtype,
+        index_spec=IndexSpec.parse(args.index), cache_dir=cache_dir, k_values=args.k, pool=args.pool,
+        split=args.split, shard=shard, shard_dir=args.shard_dir,
+    )
+    if shard is not None:
+        logger.info("wrote candidate shard %d/%d to %s", shard[0], shard[1], args.shard_dir)
+        return 0
+    for task, values in results["tasks"].items():
+        logger.info("%s: hit@5 %.4f  hit@10 %.4f  mrr@1 %.4f  (%d queries, %d candidates)", task,
+                    values.get("hit@5", float("nan")), values.get("hit@10", float("nan")),
+                    values.get("mrr@1", float("nan")), values["num_queries"], values["num_candidates"])
+    return 0
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from eval.ablation import run_ablation_from_config
+
+    run_ablation_from_config(args.config, args.out)
+    return 0

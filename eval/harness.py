@@ -1,0 +1,261 @@
+"""Retrieval evaluation harness: encode queries and candidates, search with FAISS, score per task.
+
+Reproduces the UniCA paper's WebQA protocol (hit@5 / hit@10 — what the paper and M-BEIR call
+Recall@k — and MRR@1 on the hybrid task 2 and the text task 1) on any evaluation folder exported by
+``unica build-dataset webqa`` / ``mbeir-eval`` (configs ``task{N}_queries``, ``task{N}_corpus``,
+``task{N}_qrels``).
+
+* Candidate embeddings are cached on disk, keyed by the model's fingerprint (every weight and config
+  file) and the data's (ids + content) and the dtype: a second run re-encodes nothing, a different
+  model never reuses them, a corrupt cache file is re-encoded with a warning.
+* ``pool="local"`` searches each task's own candidate pool; ``pool="global"`` the union of the pools
+  of every task evaluated (M-BEIR's two settings, at the scale of the loaded tasks).
+* Large corpora: ``shard=(i, n)`` encodes only candidate shard ``i`` of ``n`` into ``shard_dir`` (one
+  process per shard, or ``torchrun``: rank ``i`` of ``n`` takes shard ``i``); a later run with the
+  same ``shard_dir`` merges the shards into one index instead of encoding.
+
+Example:
+
+```python
+>>> from eval.harness import evaluate_checkpoint
+>>> results = evaluate_checkpoint("./my-model", "./webqa-eval", out_dir="results/", tasks=["task1", "task2"])
+>>> results["tasks"]["task2"]["hit@5"]
+0.41
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eval.cache import EmbeddingCache, combine_fingerprints, fingerprint_model_dir, fingerprint_records
+from eval.index import IndexSpec, build_index, build_index_from_shards, save_embedding_shard
+from eval.metrics import compute_ranking_metrics
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_K_VALUES = (1, 5, 10, 20, 50)
+DEFAULT_METRICS = ("hit@1", "hit@5", "hit@10", "mrr@1", "mrr@10", "recall@5", "recall@10", "ndcg@10")
+_TASK_CONFIG = re.compile(r"^task(\d+)_queries$")
+
+
+@dataclass
+class RetrievalTask:
+    """One evaluation task: queries with their relevant ids, and the task's candidate pool."""
+
+    name: str
+    query_ids: list[str]
+    query_items: list[Any]
+    relevant: list[list[str]]
+    corpus_ids: list[str]
+    corpus_items: list[Any]
+    grades: list[list[float]] = field(default_factory=list)
+
+
+def row_item(text: str | None, image: Any) -> Any:
+    """A processor item from a row's text and (decoded) image: str, image or {"text", "image"}."""
+    text = text or ""
+    if image is not None and text:
+        return {"text": text, "image": image}
+    if image is not None:
+        return image
+    if text:
+        return text
+    raise ValueError("a row has neither text nor image")
+
+
+def available_tasks(dataset_dir: str | os.PathLike) -> list[str]:
+    """Task names (``task{N}``) an evaluation folder holds, from its dataset card's configs."""
+    from dataset_builders.export import read_card_metadata
+
+    metadata = read_card_metadata(Path(dataset_dir))
+    names = [c["config_name"] for c in metadata.get("configs", [])]
+    tasks = [f"task{m.group(1)}" for name in names if (m := _TASK_CONFIG.match(name))]
+    if not tasks:
+        raise ValueError(f"{dataset_dir} has no task{{N}}_queries configs; build it with `unica build-dataset webqa` "
+                         "or `mbeir-eval`")
+    return tasks
+
+
+def _resolve_task(name: str, available: Sequence[str]) -> str:
+    """Accept ``task2``, ``2`` or a prefixed name such as ``webqa_task2``."""
+    match = re.search(r"(?:^|_)task(\d+)$", name) or re.match(r"^(\d+)$", name)
+    task = f"task{match.group(1)}" if match else None
+    if task not in available:
+        raise ValueError(f"unknown task {name!r}; this evaluation folder has {', '.join(available)}")
+    return task
+
+
+def load_retrieval_tasks(
+    dataset_dir: str | os.PathLike, tasks: Sequence[str] | None = None, split: str = "test"
+) -> list[RetrievalTask]:
+    """Load tasks from an exported evaluation folder (``datasets.load_dataset`` on its configs)."""
+    from datasets import load_dataset
+
+    dataset_dir = str(dataset_dir)
+    if not os.path.isdir(dataset_dir):
+        raise FileNotFoundError(f"evaluation folder {dataset_dir!r} does not exist")
+    available = available_tasks(dataset_dir)
+    selected = [_resolve_task(t, available) for t in tasks] if tasks else available
+    loaded = []
+    for task in selected:
+        queries = load_dataset(dataset_dir, f"{task}_queries", split=split)
+        corpus = load_dataset(dataset_dir, f"{task}_corpus", split=split)
+        qrels = load_dataset(dataset_dir, f"{task}_qrels", split=split)
+        relevant: dict[str, dict[str, float]] = {}
+        for row in qrels:
+            if row["relevance"] > 0:
+                relevant.setdefault(row["qid"], {})[row["did"]] = float(row["relevance"])
+        query_ids = list(queries["qid"])
+        loaded.append(RetrievalTask(
+            name=task,
+            query_ids=query_ids,
+            query_items=[row_item(r["query_text"], r["query_image"]) for r in queries],
+            relevant=[list(relevant.get(q, {})) for q in query_ids],
+            grades=[list(relevant.get(q, {}).values()) for q in query_ids],
+            corpus_ids=list(corpus["did"]),
+            corpus_items=[row_item(r["text"], r["image"]) for r in corpus],
+        ))
+        logger.info("%s: %d queries, %d candidates", task, len(query_ids), len(loaded[-1].corpus_ids))
+    return loaded
+
+
+class Encoder:
+    """Embeds items with a model + processor, caching candidate embeddings by fingerprint."""
+
+    def __init__(self, model, processor, model_fingerprint: str, batch_size: int = 32, dtype: str = "fp32",
+                 cache: EmbeddingCache | None = None, show_progress: bool = True):
+        self.model, self.processor = model, processor
+        self.model_fingerprint = model_fingerprint
+        self.batch_size, self.dtype, self.cache, self.show_progress = batch_size, dtype, cache, show_progress
+
+    def encode(self, items: Sequence[Any], desc: str) -> np.ndarray:
+        from unica.encoding import encode_items
+
+        return encode_items(self.model, self.processor, items, batch_size=self.batch_size, dtype=self.dtype,
+                            show_progress=self.show_progress, desc=desc)
+
+    def encode_candidates(self, ids: Sequence[str], items: Sequence[Any], desc: str) -> np.ndarray:
+        if self.cache is None:
+            return self.encode(items, desc)
+        model_key = combine_fingerprints(self.model_fingerprint, dtype=self.dtype, role="candidate")
+        data_key = fingerprint_records(ids, items)
+        return self.cache.get_or_compute(model_key, data_key, lambda: self.encode(items, desc))
+
+
+def _pools(tasks: Sequence[RetrievalTask], pool: str) -> dict[str, tuple[list[str], list[Any]]]:
+    if pool == "local":
+        return {task.name: (task.corpus_ids, task.corpus_items) for task in tasks}
+    if pool != "global":
+        raise ValueError(f"pool must be 'local' or 'global', got {pool!r}")
+    ids, items, seen = [], [], set()
+    for task in tasks:
+        for doc_id, item in zip(task.corpus_ids, task.corpus_items):
+            if doc_id not in seen:
+                seen.add(doc_id)
+                ids.append(doc_id)
+                items.append(item)
+    return {task.name: (ids, items) for task in tasks}
+
+
+def evaluate_tasks(
+    encoder: Encoder,
+    tasks: Sequence[RetrievalTask],
+    k_values: Sequence[int] = DEFAULT_K_VALUES,
+    index_spec: IndexSpec | None = None,
+    pool: str = "local",
+    shard: tuple[int, int] | None = None,
+    shard_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Metrics (means) and per-query values per task; with ``shard`` only writes candidate shards."""
+    if not tasks:
+        raise ValueError("no tasks to evaluate")
+    pools = _pools(tasks, pool)
+    index_spec = index_spec or IndexSpec()
+    results: dict[str, Any] = {"tasks": {}, "per_query": {}, "rankings": {}}
+    built: dict[int, Any] = {}
+    for task in tasks:
+        ids, items = pools[task.name]
+        pool_name = "global" if pool == "global" else task.name
+        if shard is not None:
+            index, count = shard
+            if shard_dir is None:
+                raise ValueError("shard= needs shard_dir= (where each shard's embeddings are written)")
+            part = np.array_split(np.arange(len(ids)), count)[index]
+            embeddings = encoder.encode([items[i] for i in part], f"{pool_name} shard {index}/{count}")
+            save_embedding_shard(Path(shard_dir) / pool_name, embeddings, [ids[i] for i in part], index, count)
+            continue
+        if id(ids) not in built:
+            if shard_dir is not None:
+                built[id(ids)] = build_index_from_shards(Path(shard_dir) / pool_name, index_spec)
+            else:
+                built[id(ids)] = build_index(encoder.encode_candidates(ids, items, f"{pool_name} candidates"), ids,
+                                             index_spec)
+        index = built[id(ids)]
+        queries = encoder.encode(task.query_items, f"{task.name} queries")
+        search = index.search(queries, max(k_values))
+        scored = compute_ranking_metrics(search.ids, task.relevant, k_values=k_values, reference_grades=task.grades,
+                                         return_per_query=True)
+        per_query = scored.pop("per_query")
+        results["tasks"][task.name] = {**scored, "num_queries": len(task.query_ids), "num_candidates": len(ids),
+                                       "pool": pool}
+        results["per_query"][task.name] = {"qids": task.query_ids, **per_query}
+        results["rankings"][task.name] = search.ids
+    return results
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    tasks: Sequence[str] | None = None,
+    batch_size: int = 32,
+    dtype: str = "fp32",
+    index_spec: IndexSpec | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    k_values: Sequence[int] = DEFAULT_K_VALUES,
+    pool: str = "local",
+    split: str = "test",
+    shard: tuple[int, int] | None = None,
+    shard_dir: str | os.PathLike | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint folder; with ``out_dir`` writes results.json, results.md and recall_curves.png.
+
+    ``results["tasks"][task]`` holds the mean metrics; ``results["per_query"]`` the per-query values
+    (for paired bootstrap); the written ``results.json`` also records the model fingerprint and settings.
+    """
+    from unica.checkpoint import load_checkpoint
+
+    model, processor = load_checkpoint(checkpoint)
+    fingerprint = fingerprint_model_dir(checkpoint)
+    cache = EmbeddingCache(cache_dir) if cache_dir else None
+    encoder = Encoder(model, processor, fingerprint, batch_size=batch_size, dtype=dtype, cache=cache,
+                      show_progress=show_progress)
+    loaded = load_retrieval_tasks(dataset_dir, tasks, split=split)
+    results = evaluate_tasks(encoder, loaded, k_values=k_values, index_spec=index_spec, pool=pool, shard=shard,
+                             shard_dir=shard_dir)
+    results["settings"] = {"checkpoint": str(checkpoint), "dataset": str(dataset_dir), "model_fingerprint": fingerprint,
+                           "dtype": dtype, "pool": pool, "index": (index_spec or IndexSpec()).kind,
+                           "k_values": list(k_values)}
+    if cache is not None:
+        results["settings"]["cache"] = {"hits": cache.hits, "misses": cache.misses}
+    if out_dir is not None and shard is None:
+        from eval.report import write_evaluation_report
+
+        write_evaluation_report(out_dir, results["tasks"], [m for m in DEFAULT_METRICS if _has(results, m)],
+                                extra={"settings": results["settings"], "per_query": results["per_query"]},
+                                title="UniCA retrieval evaluation")
+    return results
+
+
+def _has(results: dict, metric: str) -> bool:
+    return any(metric in values for values in results["tasks"].values())
