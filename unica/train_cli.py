@@ -1,0 +1,351 @@
+"""``unica train --config FILE.yaml``: fine-tune UniCA with :class:`unica.trainer.UniCATrainer`.
+
+The config (YAML or JSON) has these sections:
+
+```yaml
+init:                    # build a model from components (or `model: path/to/checkpoint` instead)
+  text: default          # the embedded all-MiniLM-L6-v2, or a BERT-family folder / Hub id
+  vision: vit-micro      # a preset or a CLIP / SigLIP / ViT folder / Hub id
+  fusion: bica           # ... and any other UniCAConfig field, vision_config_overrides, max_text_length
+  seed: 0                # seed for the randomly initialised parts
+data:
+  builder: scenes        # a builder (synthetic scenes, generated into output_dir/scenes-data if needed),
+  # path: rows/          # or a `save_to_disk` folder, an exported Parquet folder, or a JSONL of records
+  split: train
+  eval_split: test       # optional evaluation rows (eval_path: another folder / JSONL)
+training:                # every UniCATrainingArguments / TrainingArguments field
+  output_dir: runs/scenes
+  max_steps: 20
+  hard_negatives: 1
+```
+
+Run it in one process, or data-parallel with ``torchrun --nproc_per_node 2 -m unica train ...``
+(gloo on CPU; negatives are gathered across processes). ``--resume-from-checkpoint latest`` resumes
+from the newest *complete* ``checkpoint-N`` in ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("unica")
+
+__all__ = ["BUILDERS", "build_trainer", "find_last_checkpoint", "load_config", "register", "run_train"]
+
+SECTIONS = ("init", "model", "data", "training")
+INIT_EXTRA_KEYS = ("text", "vision", "seed", "vision_config_overrides", "max_text_length")
+DATA_KEYS = (
+    "builder", "path", "config", "split", "eval_split", "eval_path", "max_rows", "max_eval_rows", "image_root",
+    "root", "num_scenes", "image_size", "seed",
+)
+BUILDERS = ("scenes",)
+# Files a checkpoint-N folder holds once the Trainer has finished writing it (trainer_state.json is last).
+COMPLETE_CHECKPOINT_FILES = ("config.json", "model.safetensors", "trainer_state.json")
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train", help="fine-tune a UniCA model (InfoNCE + PSL) from a YAML / JSON config",
+        description="Fine-tune UniCA with the Transformers Trainer. See examples/train_scenes.yaml.",
+    )
+    train.add_argument("--config", required=True, help="YAML or JSON file with init|model, data and training")
+    train.add_argument(
+        "--resume-from-checkpoint", metavar="latest|PATH",
+        help="resume from the newest complete checkpoint-N in output_dir ('latest') or from a checkpoint folder",
+    )
+    train.set_defaults(func=run_train)
+
+
+# ---------------------------------------------------------------------- config
+def _check_keys(section: Mapping[str, Any], valid: list[str] | tuple[str, ...], where: str) -> None:
+    unknown = [key for key in section if key not in valid]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"unknown key(s) {', '.join(hints)} in {where}; valid keys: {', '.join(sorted(valid))}")
+
+
+def training_argument_names() -> list[str]:
+    """Every field ``training:`` accepts (those of :class:`UniCATrainingArguments`)."""
+    from unica.trainer import UniCATrainingArguments
+
+    return [f.name for f in fields(UniCATrainingArguments) if f.init]
+
+
+def init_keys() -> list[str]:
+    """Every key ``init:`` accepts: the components, the seed and the ``UniCAConfig`` fields."""
+    from configuration_unica import UniCAConfig
+
+    config_fields = [
+        name for name, parameter in inspect.signature(UniCAConfig.__init__).parameters.items()
+        if name not in ("self", "text_config", "vision_config") and parameter.kind is parameter.POSITIONAL_OR_KEYWORD
+    ]
+    return sorted(set(config_fields) | set(INIT_EXTRA_KEYS))
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a training config; errors name the unknown keys and list the valid ones.
+
+    Example:
+        >>> config = load_config("examples/train_scenes.yaml")
+        >>> sorted(config)
+        ['data', 'init', 'training']
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"config file {str(file)!r} does not exist")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix.lower() == ".json":
+            config = json.loads(text)
+        else:
+            import yaml
+
+            config = yaml.safe_load(text)
+    except Exception as error:  # yaml.YAMLError / json.JSONDecodeError: report the file and the parser's words
+        raise ValueError(f"config file {str(file)!r} is not valid {file.suffix.lstrip('.') or 'YAML'}: {error}") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"config file {str(file)!r} must hold a mapping with sections {', '.join(SECTIONS)}")
+    _check_keys(config, SECTIONS, f"config {str(file)!r}")
+    if ("init" in config) == ("model" in config):
+        raise ValueError(f"config {str(file)!r} needs exactly one of 'init' (components) or 'model' (a checkpoint folder)")
+    if "data" not in config:
+        raise ValueError(f"config {str(file)!r} has no 'data' section (builder: scenes, or path: a dataset folder / JSONL)")
+    for name, valid in (("init", init_keys()), ("data", list(DATA_KEYS)), ("training", training_argument_names())):
+        section = config.get(name)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise ValueError(f"section {name!r} of {str(file)!r} must be a mapping, got {type(section).__name__}")
+        _check_keys(section, valid, f"section {name!r} of {str(file)!r}")
+    if "model" in config and not isinstance(config["model"], str):
+        raise ValueError(f"'model' in {str(file)!r} must be a checkpoint folder path, got {config['model']!r}")
+    training = config.get("training") or {}
+    if "output_dir" not in training:
+        raise ValueError(f"section 'training' of {str(file)!r} needs output_dir (where checkpoints go)")
+    data = config["data"]
+    if ("builder" in data) == ("path" in data):
+        raise ValueError(f"section 'data' of {str(file)!r} needs exactly one of 'builder' ({', '.join(BUILDERS)}) or 'path'")
+    return config
+
+
+# ---------------------------------------------------------------------- data
+def _load_jsonl(file: Path) -> Any:
+    import datasets
+
+    records = []
+    with open(file, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{str(file)!r} line {number} is not valid JSON: {error}") from error
+            if not isinstance(record, dict):
+                raise ValueError(f"{str(file)!r} line {number} must be a JSON object of training columns")
+            records.append(record)
+    if not records:
+        raise ValueError(f"{str(file)!r} holds no records")
+    return datasets.Dataset.from_list(records)
+
+
+def _load_path(path: str, split: str, config_name: str | None) -> Any:
+    import datasets
+
+    location = Path(path)
+    if not location.exists():
+        raise FileNotFoundError(f"data path {path!r} does not exist")
+    if location.is_file():
+        if location.suffix.lower() not in (".jsonl", ".json"):
+            raise ValueError(f"data path {path!r} is a file but not a .jsonl of records; pass a dataset folder or JSONL")
+        return _load_jsonl(location)
+    if any((location / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        loaded = datasets.load_from_disk(str(location))
+    else:
+        loaded = datasets.load_dataset(str(location), config_name)
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise ValueError(f"data path {path!r} has splits {sorted(loaded)}, not {split!r}; set data.split")
+        loaded = loaded[split]
+    return loaded
+
+
+def _scenes_root(data: Mapping[str, Any], output_dir: str) -> Path:
+    from dataset_builders import generate_scenes
+
+    root = Path(data.get("root") or Path(output_dir) / "scenes-data")
+    wanted = {"num_scenes": int(data.get("num_scenes", 200)), "seed": int(data.get("seed", 0)),
+              "image_size": int(data.get("image_size", 32))}
+    metadata = root / "metadata.json"
+    if metadata.is_file():
+        found = json.loads(metadata.read_text(encoding="utf-8"))
+        different = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+        if different:
+            raise ValueError(
+                f"scenes in {str(root)!r} were generated with other settings (found, wanted): {different}; "
+                "set data.root to another folder or delete it"
+            )
+        return root
+    logger.info("generating %d synthetic scenes into %s", wanted["num_scenes"], root)
+    generate_scenes(root, progress=False, **wanted)
+    return root
+
+
+def load_data(data: Mapping[str, Any], output_dir: str) -> tuple[Any, Any, Path | None]:
+    """(train rows, eval rows or None, image root for relative paths) from the ``data:`` section."""
+    split = data.get("split", "train")
+    image_root = Path(data["image_root"]) if data.get("image_root") else None
+    if "builder" in data:
+        if data["builder"] not in BUILDERS:
+            raise ValueError(f"unknown data builder {data['builder']!r}; available: {', '.join(BUILDERS)}")
+        from dataset_builders import load_scenes
+
+        root = _scenes_root(data, output_dir)
+        train = load_scenes(root, split=split)
+        evaluation = load_scenes(root, split=data["eval_split"]) if data.get("eval_split") else None
+        if data.get("eval_path"):
+            evaluation = _load_path(data["eval_path"], data.get("eval_split", "test"), data.get("config"))
+    else:
+        train = _load_path(data["path"], split, data.get("config"))
+        evaluation = None
+        if data.get("eval_path") or data.get("eval_split"):
+            evaluation = _load_path(data.get("eval_path") or data["path"], data.get("eval_split", "test"), data.get("config"))
+        if image_root is None and Path(data["path"]).is_file():
+            image_root = Path(data["path"]).resolve().parent
+    for name, key in (("train", "max_rows"), ("eval", "max_eval_rows")):
+        limit = data.get(key)
+        dataset = train if name == "train" else evaluation
+        if limit is not None and dataset is not None and len(dataset) > int(limit):
+            dataset = dataset.select(range(int(limit)))
+            train, evaluation = (dataset, evaluation) if name == "train" else (train, dataset)
+    if len(train) == 0:
+        raise ValueError("the training data has no rows")
+    return train, evaluation, image_root
+
+
+# ---------------------------------------------------------------------- model
+def load_model(config: Mapping[str, Any]) -> tuple[Any, Any]:
+    """(model, processor) from ``init:`` (components) or ``model:`` (a checkpoint folder)."""
+    import torch
+
+    from unica.checkpoint import default_text_encoder, init_model, load_checkpoint
+
+    if "model" in config:
+        return load_checkpoint(config["model"])
+    init = dict(config["init"] or {})
+    text = init.pop("text", "default")
+    if text in (None, "default"):
+        text = default_text_encoder()
+    vision = init.pop("vision", "vit-micro")
+    torch.manual_seed(int(init.pop("seed", 0)))
+    return init_model(text, vision, **init)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
+    """Whether a ``checkpoint-N`` folder holds everything the Trainer writes (trainer_state.json comes last)."""
+    return all((Path(folder) / name).is_file() for name in COMPLETE_CHECKPOINT_FILES)
+
+
+def find_last_checkpoint(output_dir: str | os.PathLike) -> Path:
+    """The newest complete ``checkpoint-N`` in ``output_dir``; incomplete ones (a crash mid-save) are skipped.
+
+    Example:
+        >>> find_last_checkpoint("runs/scenes").name
+        'checkpoint-20'
+    """
+    folder = Path(output_dir)
+    candidates = []
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            match = _CHECKPOINT_NAME.match(entry.name)
+            if match and entry.is_dir():
+                candidates.append((int(match.group(1)), entry))
+    for _, entry in sorted(candidates, reverse=True):
+        if is_complete_checkpoint(entry):
+            return entry
+        logger.warning("skipping %s: incomplete (missing one of %s)", entry, ", ".join(COMPLETE_CHECKPOINT_FILES))
+    raise FileNotFoundError(f"no complete checkpoint-N folder in {str(folder)!r} to resume from")
+
+
+def _resolve_resume(value: str | None, output_dir: str) -> str | None:
+    if value is None:
+        return None
+    if value == "latest":
+        return str(find_last_checkpoint(output_dir))
+    if not Path(value).is_dir():
+        raise FileNotFoundError(f"--resume-from-checkpoint {value!r} is not a folder (or use 'latest')")
+    if not is_complete_checkpoint(value):
+        raise ValueError(f"{value!r} is not a complete training checkpoint (needs {', '.join(COMPLETE_CHECKPOINT_FILES)})")
+    return value
+
+
+# ---------------------------------------------------------------------- command
+def build_trainer(config: Mapping[str, Any], callbacks: list | None = None) -> Any:
+    """A ready :class:`UniCATrainer` from a checked config (see :func:`load_config`).
+
+    Example:
+        >>> trainer = build_trainer(load_config("examples/train_scenes.yaml"))
+        >>> trainer.train()
+    """
+    import torch
+
+    from unica.collator import RetrievalCollator
+    from unica.trainer import UniCATrainer, UniCATrainingArguments
+
+    settings = dict(config.get("training") or {})
+    if not torch.cuda.is_available() and "ddp_backend" not in settings and "LOCAL_RANK" in os.environ:
+        settings["ddp_backend"] = "gloo"
+    args = UniCATrainingArguments(**settings)
+    with args.main_process_first(desc="preparing training data"):
+        train, evaluation, image_root = load_data(config["data"], args.output_dir)
+    model, processor = load_model(config)
+    collator = RetrievalCollator(processor, hard_negatives=args.hard_negatives, image_root=image_root)
+    if evaluation is None and args.eval_strategy != "no":
+        raise ValueError(f"training.eval_strategy={args.eval_strategy!s} needs evaluation rows: set data.eval_split or data.eval_path")
+    return UniCATrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=evaluation, data_collator=collator,
+        processing_class=processor, callbacks=callbacks,
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    config = load_config(args.config)
+    finished = False
+    try:
+        trainer = build_trainer(config)
+        resume = _resolve_resume(args.resume_from_checkpoint, trainer.args.output_dir)
+        if resume:
+            logger.info("resuming from %s", resume)
+        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()
+        if trainer.args.should_save:
+            logger.info("training done: %d steps, train_loss %.4f; model saved to %s", result.global_step,
+                        result.training_loss, trainer.args.output_dir)
+        if trainer.eval_dataset is not None:
+            trainer.evaluate()
+        finished = True
+    finally:
+        # gloo aborts at interpreter exit if a process group is still alive. After an error another
+        # process may never reach a barrier, so only a finished run waits for the others.
+        if dist.is_available() and dist.is_initialized():
+            if finished:
+                dist.barrier()
+            dist.destroy_process_group()
+    return 0
