@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import gc
 import inspect
 import json
 import logging
@@ -328,6 +329,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     finished = False
+    trainer = None
     try:
         trainer = build_trainer(config)
         resume = _resolve_resume(args.resume_from_checkpoint, trainer.args.output_dir)
@@ -347,5 +349,10 @@ def run_train(args: argparse.Namespace) -> int:
         if dist.is_available() and dist.is_initialized():
             if finished:
                 dist.barrier()
+            if trainer is not None:  # DDP's reducer holds the process group: free it first
+                trainer.accelerator.free_memory()
+                trainer.model_wrapped = trainer.model
+            del trainer
+            gc.collect()
             dist.destroy_process_group()
     return 0

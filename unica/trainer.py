@@ -548,7 +548,7 @@ class UniCATrainer(Trainer):
         lora = _has_lora(model)
         export = _lora_free_copy(model, merge=self.args.merge_lora) if lora else model
         if self.args.learnable_temperature:
-            export.config.contrastive_temperature = float(self.loss_module.info_nce.temperature)
+            export.config.contrastive_temperature = float(torch.as_tensor(self.loss_module.info_nce.temperature).detach())
         writers = [lambda folder: torch.save(self.args, folder / "training_args.bin")]
         if lora:
             writers.append(lambda folder: self._write_lora_adapter(model, folder / LORA_ADAPTER_DIR))
