@@ -1,13 +1,10 @@
 """Tests for unica.grad_cache: the cached loss gives the plain loss and gradients, with a real tiny
-BERT (dropout on) plus an image branch, and under DistributedDataParallel in two processes."""
+BERT (dropout on) plus an image branch."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 from unica.grad_cache import cached_loss, cached_retrieval_loss, split_inputs
@@ -58,7 +55,12 @@ def _batch(size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     image_mask = torch.rand(size, generator=generator) < 0.5
     image_mask[0] = True
     pixel_values = torch.randn(int(image_mask.sum()), 3, 4, 4, generator=generator)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "image_mask": image_mask, "pixel_values": pixel_values}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "image_mask": image_mask,
+        "pixel_values": pixel_values,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,11 @@ def setup() -> tuple[TinyImageTextEncoder, list[dict[str, torch.Tensor]]]:
     encoder = TinyImageTextEncoder()
     generator = torch.Generator().manual_seed(1)
     batch_size, hard_negatives = 6, 2
-    groups = [_batch(batch_size, generator), _batch(batch_size, generator), _batch(batch_size * hard_negatives, generator)]
+    groups = [
+        _batch(batch_size, generator),
+        _batch(batch_size, generator),
+        _batch(batch_size * hard_negatives, generator),
+    ]
     return encoder, groups
 
 
@@ -170,58 +176,10 @@ def test_cached_loss_rejects_an_encoder_that_does_not_return_embeddings() -> Non
         cached_loss(lambda b: {"embeddings": encoder(b["x"])}, [{"x": torch.randn(2, 4)}], lambda e: e[0].sum(), 1)
     with pytest.raises(ValueError, match="negative_inputs"):
         encode = lambda b: encoder(b["x"])  # noqa: E731
-        cached_retrieval_loss(encode, {"x": torch.randn(4, 4)}, {"x": torch.randn(4, 4)}, {"x": torch.randn(6, 4)}, chunk_size=2)
-
-
-# --- two processes: DistributedDataParallel + gathered negatives -----------------------------------
-
-WORLD, LOCAL_B, K, DIM = 2, 4, 1, 8
-LOSS_KWARGS = dict(temperature=0.1, psl_weight=0.2, symmetric=True)
-
-
-def _global_inputs() -> tuple[nn.Linear, list[dict[str, torch.Tensor]]]:
-    torch.manual_seed(4321)
-    encoder = nn.Linear(DIM, DIM)
-    groups = [{"x": torch.randn(WORLD * LOCAL_B * n, DIM)} for n in (1, 1, K)]
-    return encoder, groups
-
-
-def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
-        encoder, groups = _global_inputs()
-        model = DistributedDataParallel(encoder)
-        local = [{"x": g["x"].chunk(WORLD)[rank]} for g in groups]
-        out = cached_retrieval_loss(
-            lambda batch: model(batch["x"]),
-            *local,
-            chunk_size=3,
-            model=model,
-            gather_across_processes=True,
-            **LOSS_KWARGS,
+        cached_retrieval_loss(
+            encode, {"x": torch.randn(4, 4)}, {"x": torch.randn(4, 4)}, {"x": torch.randn(6, 4)}, chunk_size=2
         )
-        out.loss.backward()
-        torch.save({"loss": out.loss.detach(), "grad": encoder.weight.grad}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
-def test_cached_loss_under_ddp_equals_one_process_on_the_concatenated_batch(tmp_path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.start_processes(_ddp_worker, args=(port, str(tmp_path)), nprocs=WORLD, start_method="spawn")
-    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD)]
-
-    encoder, groups = _global_inputs()
-    query, positives, negatives = (encoder(g["x"]) for g in groups)
-    reference = retrieval_loss(query, positives, negatives.view(WORLD * LOCAL_B, K, DIM), **LOSS_KWARGS)
-    reference.loss.backward()
-
-    assert (sum(r["loss"] for r in results) / WORLD).item() == pytest.approx(reference.loss.item(), abs=1e-6)
-    for result in results:
-        torch.testing.assert_close(result["grad"], encoder.weight.grad, atol=1e-6, rtol=1e-5)
+# The cached loss under DistributedDataParallel with gathered negatives is tested together with the plain
+# loss in tests/test_losses.py (one pair of spawned processes for both).

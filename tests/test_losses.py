@@ -1,5 +1,6 @@
 """Tests for unica.losses and unica.distributed: hand-computed values, sentence-transformers parity,
-gradcheck, and two real processes (gloo) against one process on the concatenated batch."""
+gradcheck, and two real processes (gloo, DDP; plain and GradCache-style cached loss) against one
+process on the concatenated batch."""
 
 from __future__ import annotations
 
@@ -219,20 +220,38 @@ def _global_batch() -> tuple[torch.nn.Linear, list[torch.Tensor]]:
     return encoder, inputs
 
 
+def _ddp_losses(rank: int) -> dict:
+    """One process's share: plain and cached loss under DDP with gathered negatives."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from unica.grad_cache import cached_retrieval_loss
+
+    encoder, inputs = _global_batch()
+    model = DistributedDataParallel(encoder)
+    local = [x[rank * LOCAL_B : (rank + 1) * LOCAL_B].clone().requires_grad_() for x in inputs]
+    out = retrieval_loss(*(model(x) for x in local), gather_across_processes=True, **LOSS_KWARGS)
+    out.loss.backward()  # DDP averages the parameter gradients over the two processes
+    plain = {"loss": out.loss.detach(), "weight_grad": encoder.weight.grad, "input_grads": [x.grad for x in local]}
+
+    # the same through the GradCache-style cached loss, in chunks of 2 (negatives flattened query-major)
+    encoder.zero_grad(set_to_none=True)
+    groups = [{"x": local[0].detach()}, {"x": local[1].detach()}, {"x": local[2].detach().reshape(-1, DIM)}]
+    cached = cached_retrieval_loss(
+        lambda batch: model(batch["x"]), *groups, chunk_size=2, model=model, gather_across_processes=True, **LOSS_KWARGS
+    )
+    cached.loss.backward()
+    return {"plain": plain, "cached": {"loss": cached.loss.detach(), "weight_grad": encoder.weight.grad}}
+
+
 def _two_process_worker(rank: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         torch.set_num_threads(1)
-        encoder, inputs = _global_batch()
-        model = DistributedDataParallel(encoder)
-        local = [x[rank * LOCAL_B : (rank + 1) * LOCAL_B].clone().requires_grad_() for x in inputs]
-        out = retrieval_loss(*(model(x) for x in local), gather_across_processes=True, **LOSS_KWARGS)
-        out.loss.backward()  # DDP averages the parameter gradients over the two processes
-        result = {"loss": out.loss.detach(), "weight_grad": encoder.weight.grad, "input_grads": [x.grad for x in local]}
-        torch.save(result, f"{out_dir}/rank{rank}.pt")
+        # DDP lives inside _ddp_losses: it is freed before the process group is destroyed (else exit can hang)
+        torch.save(_ddp_losses(rank), f"{out_dir}/rank{rank}.pt")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -244,6 +263,7 @@ def _free_port() -> int:
 
 
 def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path) -> None:
+    """DDP over 2 gloo processes with gathered negatives, plain and cached (unica.grad_cache) loss."""
     mp.start_processes(_two_process_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD)]
 
@@ -252,16 +272,20 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path) -> 
     reference = retrieval_loss(*(encoder(x) for x in inputs), **LOSS_KWARGS)
     reference.loss.backward()
 
-    # the global loss is the mean of the per-process losses (equal local batch sizes)
-    mean_loss = sum(results[r]["loss"] for r in range(WORLD)) / WORLD
-    assert mean_loss.item() == pytest.approx(reference.loss.item(), abs=1e-6)
+    for mode in ("plain", "cached"):
+        # the global loss is the mean of the per-process losses (equal local batch sizes)
+        mean_loss = sum(results[r][mode]["loss"] for r in range(WORLD)) / WORLD
+        assert mean_loss.item() == pytest.approx(reference.loss.item(), abs=1e-6), mode
+        for rank in range(WORLD):
+            torch.testing.assert_close(
+                results[rank][mode]["weight_grad"], encoder.weight.grad, atol=1e-6, rtol=1e-5, msg=mode
+            )
+    # each process's loss is the mean over its own queries: its input gradients are WORLD times the
+    # one-process gradients of the global mean
     for rank in range(WORLD):
-        torch.testing.assert_close(results[rank]["weight_grad"], encoder.weight.grad, atol=1e-6, rtol=1e-5)
-        # each process's loss is the mean over its own queries: its input gradients are WORLD times
-        # the one-process gradients of the global mean
-        for local_grad, full in zip(results[rank]["input_grads"], inputs):
+        for local_grad, full in zip(results[rank]["plain"]["input_grads"], inputs):
             expected = WORLD * full.grad[rank * LOCAL_B : (rank + 1) * LOCAL_B]
             torch.testing.assert_close(local_grad, expected, atol=1e-6, rtol=1e-5)
     # without gathering the two processes would see different negatives: the check above is not vacuous
     local_only = retrieval_loss(*(encoder(x[:LOCAL_B]) for x in inputs), **LOSS_KWARGS).loss.item()
-    assert abs(local_only - results[0]["loss"].item()) > 1e-3
+    assert abs(local_only - results[0]["plain"]["loss"].item()) > 1e-3
