@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 
 __all__ = ["gather_with_grad", "is_distributed", "rank_and_world_size"]
 
@@ -44,13 +43,35 @@ def rank_and_world_size() -> tuple[int, int]:
     return 0, 1
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0; backward sums the gradients every process sends to this shard.
+
+    Our own Function on public collectives: ``torch.distributed.nn.functional.all_gather`` does the
+    same but is deprecated in torch 2.13 in favour of a private module.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        ctx.rows = (rank * tensor.shape[0], (rank + 1) * tensor.shape[0])
+        parts = [torch.empty_like(tensor) for _ in range(world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        grad = grad_output.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        begin, end = ctx.rows
+        return grad[begin:end]
+
+
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` from every process along dim 0, keeping the autograd graph.
 
     Rank ``r``'s rows land at ``[r * n, (r + 1) * n)`` of the result, where ``n = tensor.shape[0]``
     (every process must pass the same shape). The gradient that reaches the result flows back to
-    the local shard, summed over all processes' losses (``torch.distributed.nn.functional.all_gather``).
-    Returns ``tensor`` itself when not distributed.
+    the local shard, summed over all processes' losses. Returns ``tensor`` itself when not distributed.
 
     Example:
         >>> x = torch.ones(2, 3, requires_grad=True)
@@ -59,4 +80,4 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed() or dist.get_world_size() == 1:
         return tensor
-    return torch.cat(dist_fn.all_gather(tensor), dim=0)
+    return _AllGatherWithGrad.apply(tensor)
