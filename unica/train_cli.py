@@ -309,8 +309,10 @@ def build_trainer(config: Mapping[str, Any], callbacks: list | None = None) -> A
     from unica.trainer import UniCATrainer, UniCATrainingArguments
 
     settings = dict(config.get("training") or {})
-    if not torch.cuda.is_available() and "ddp_backend" not in settings and "LOCAL_RANK" in os.environ:
-        settings["ddp_backend"] = "gloo"
+    if "LOCAL_RANK" in os.environ and not torch.cuda.is_available():
+        # torchrun on CPU: accelerate only sets up multi-CPU data parallelism (gloo) when told to use the CPU.
+        settings.setdefault("use_cpu", True)
+        settings.setdefault("ddp_backend", "gloo")
     args = UniCATrainingArguments(**settings)
     with args.main_process_first(desc="preparing training data"):
         train, evaluation, image_root = load_data(config["data"], args.output_dir)
@@ -337,6 +339,7 @@ def run_train(args: argparse.Namespace) -> int:
             logger.info("resuming from %s", resume)
         result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
+        trainer.save_state()  # trainer_state.json (log history) beside the final model
         if trainer.args.should_save:
             logger.info("training done: %d steps, train_loss %.4f; model saved to %s", result.global_step,
                         result.training_loss, trainer.args.output_dir)

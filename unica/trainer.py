@@ -588,38 +588,38 @@ class UniCATrainer(Trainer):
         save_file(state, str(folder / LOSS_STATE_FILE), metadata={"format": "pt"})
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        model = model if model is not None else self.model
-        unwrapped = self.accelerator.unwrap_model(model)
-        if _has_lora(unwrapped):
-            self._load_lora_checkpoint(Path(resume_from_checkpoint), unwrapped)
-        else:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-        loss_state = Path(resume_from_checkpoint) / LOSS_STATE_FILE
+        """Load the weights of a ``checkpoint-N`` folder into the model being trained.
+
+        Loaded through ``from_pretrained`` (not a raw state dict): transformers renames some towers' keys
+        on save and back on load (e.g. ViT), so the file's names are not the live module's. With LoRA,
+        the adapters come from ``lora_adapter/`` and the frozen base weights of LoRA layers stay those
+        the model was built with (as peft resumes).
+        """
+        folder = Path(resume_from_checkpoint)
+        unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+            raise ValueError(f"{str(folder)!r} is not a UniCA training checkpoint (needs config.json and model.safetensors)")
+        saved = type(unwrapped).from_pretrained(folder).state_dict()
+        live = unwrapped.state_dict()
+        lora = _has_lora(unwrapped)
+        if lora:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            adapter = folder / LORA_ADAPTER_DIR / "adapter_model.safetensors"
+            if not adapter.is_file():
+                raise ValueError(f"{str(folder)!r} has no {LORA_ADAPTER_DIR}/adapter_model.safetensors to resume LoRA from")
+            result = set_peft_model_state_dict(unwrapped.text_model, load_file(str(adapter)))
+            if getattr(result, "unexpected_keys", None):
+                raise ValueError(f"the LoRA adapter in {str(folder)!r} does not fit this model: {result.unexpected_keys[:5]}")
+        wanted = [k for k in live if not (lora and ("lora_" in k or ".base_layer." in k))]
+        missing = [k for k in wanted if k not in saved]
+        if missing:
+            raise ValueError(f"checkpoint {str(folder)!r} lacks weights {missing[:5]}; it was saved from another model")
+        unwrapped.load_state_dict({k: saved[k] for k in wanted}, strict=not lora)
+        loss_state = folder / LOSS_STATE_FILE
         if loss_state.is_file():
             from safetensors.torch import load_file
 
             self.loss_module.load_state_dict(load_file(str(loss_state)))
-
-    def _load_lora_checkpoint(self, folder: Path, model: UniCAModel) -> None:
-        """Resume with LoRA: adapters from ``lora_adapter/``, other trainable weights from the checkpoint.
-
-        The frozen base weights of LoRA layers are the ones the model was built with (as peft resumes).
-        """
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        adapter = folder / LORA_ADAPTER_DIR / "adapter_model.safetensors"
-        weights = folder / "model.safetensors"
-        if not adapter.is_file() or not weights.is_file():
-            raise ValueError(f"{str(folder)!r} is not a LoRA training checkpoint (needs {adapter.name} and model.safetensors)")
-        result = set_peft_model_state_dict(model.text_model, load_file(str(adapter)))
-        if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"the LoRA adapter in {str(folder)!r} does not fit this model: {result.unexpected_keys[:5]}")
-        saved = load_file(str(weights))
-        live = model.state_dict()
-        state = {k: saved[k] for k in live if "lora_" not in k and ".base_layer." not in k and k in saved}
-        missing = [k for k in live if "lora_" not in k and ".base_layer." not in k and k not in saved]
-        if missing:
-            raise ValueError(f"checkpoint {str(folder)!r} lacks weights {missing[:5]}; it was saved from another model")
-        model.load_state_dict(state, strict=False)
-        logger.info("resumed LoRA weights from %s", folder)
+        logger.info("resumed model weights from %s", folder)
