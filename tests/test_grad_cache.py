@@ -64,7 +64,7 @@ def _batch(size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def setup() -> tuple[TinyImageTextEncoder, list[dict[str, torch.Tensor]]]:
+def encoder_and_batches() -> tuple[TinyImageTextEncoder, list[dict[str, torch.Tensor]]]:
     torch.manual_seed(0)
     encoder = TinyImageTextEncoder()
     generator = torch.Generator().manual_seed(1)
@@ -96,8 +96,8 @@ def _plain_loss(encoder, groups, loss_fn, chunk_size: int | None):
     return loss_fn(query, positives, negatives.view(query.shape[0], -1, HIDDEN))
 
 
-def test_cached_loss_with_dropout_equals_plain_loss(setup) -> None:
-    encoder, groups = setup
+def test_cached_loss_with_dropout_equals_plain_loss(encoder_and_batches) -> None:
+    encoder, groups = encoder_and_batches
     encoder.train()
     # dropout is really on: the same inputs embed differently twice, so the RNG replay is what makes
     # the cached gradients match
@@ -126,8 +126,8 @@ def test_cached_loss_with_dropout_equals_plain_loss(setup) -> None:
     torch.testing.assert_close(torch.rand(3), reference_next_random)
 
 
-def test_cached_loss_equals_full_batch_and_follows_the_backward_scale(setup) -> None:
-    encoder, groups = setup
+def test_cached_loss_equals_full_batch_and_follows_the_backward_scale(encoder_and_batches) -> None:
+    encoder, groups = encoder_and_batches
     encoder.eval()  # no dropout: the plain reference can encode each group in one forward
     loss_fn = lambda q, p, n: retrieval_loss(q, p, n, temperature=0.02, psl_weight=0.5, symmetric=True)  # noqa: E731
     reference = _plain_loss(encoder, groups, loss_fn, chunk_size=None)
