@@ -140,8 +140,8 @@ def summarize_seeds(values: Sequence[float]) -> SeedSummary:
     """Mean ± sample std of a metric over seeds.
 
     Example:
-        >>> summarize_seeds([0.4, 0.6]).std
-        0.1414213562373095
+        >>> round(summarize_seeds([0.4, 0.6]).std, 6)
+        0.141421
     """
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1 or array.size == 0:
