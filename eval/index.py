@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 import re
 from collections.abc import Sequence
@@ -232,8 +233,9 @@ class EmbeddingIndex:
         Within the returned top k, equal scores are ordered by insertion order (earlier first);
         which of several tied vectors enters the top k at its edge is FAISS's choice.
         """
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0:
             raise ValueError(f"k={k!r} must be a positive integer")
+        k = int(k)
         if self.ntotal == 0:
             raise ValueError("the index is empty; add embeddings before searching")
         queries = _as_float32_matrix(queries, "queries", self.dim)

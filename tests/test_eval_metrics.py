@@ -74,6 +74,11 @@ def test_graded_ndcg_and_zero_grade_is_not_relevant():
     assert zero["hit@1"] == 0.0 and zero["mrr@2"] == 0.5 and zero["recall@2"] == 1.0
 
 
+def test_numpy_cutoffs_are_accepted():
+    np = pytest.importorskip("numpy")
+    assert compute_ranking_metrics([["a", "b"]], [["b"]], k_values=np.array([2]))["mrr@2"] == 0.5
+
+
 def test_k_larger_than_ranking_pads_with_non_relevant():
     got = query_metrics(["x", "r"], ["r"], [10])
     assert got["recall@10"] == 1.0 and got["hit@10"] == 1.0 and got["mrr@10"] == 0.5

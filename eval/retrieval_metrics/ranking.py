@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 METRIC_NAMES: tuple[str, ...] = ("recall", "hit", "mrr", "ndcg", "map", "precision")
@@ -37,15 +38,15 @@ NO_RELEVANT_POLICIES: tuple[str, ...] = ("skip", "zero", "error")
 
 
 def _check_k_values(k_values: Sequence[int]) -> list[int]:
-    if isinstance(k_values, int):
+    if isinstance(k_values, numbers.Integral):
         k_values = [k_values]
     if not k_values:
         raise ValueError("k_values is empty; pass at least one cutoff, e.g. k_values=[1, 5, 10]")
     checked = []
     for k in k_values:
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0:
             raise ValueError(f"k_values contains {k!r}; every cutoff must be a positive integer (k >= 1)")
-        checked.append(k)
+        checked.append(int(k))
     return sorted(set(checked))
 
 
