@@ -51,7 +51,8 @@ EVALUATION_KEYS = ("dataset", "tasks", "metrics", "batch_size", "num_resamples",
 
 
 def _cell_name(fusion: str, psl_weight: float, learning_rate: float) -> str:
-    return f"{fusion}|psl={psl_weight:g}|lr={learning_rate:g}"
+    # No "|" in cell names: they go into markdown tables.
+    return f"{fusion} psl={psl_weight:g} lr={learning_rate:g}"
 
 
 def load_ablation_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def run_ablation(config: Mapping[str, Any], out: str | os.PathLike) -> dict[str,
     for fusion, psl_weight, rate in itertools.product(fusions, psl_weights, rates):
         cell = _cell_name(fusion, psl_weight, rate)
         for seed in seeds:
-            run_dir = out / "runs" / cell.replace("|", "_").replace("=", "") / f"seed{seed}"
+            run_dir = out / "runs" / cell.replace(" ", "_").replace("=", "") / f"seed{seed}"
             final = run_dir / "final"
             result_file = run_dir / "evaluation.json"
             if result_file.is_file():  # a finished run (the ablation can be resumed)
@@ -216,14 +217,14 @@ def write_ablation_outputs(summary: Mapping[str, Any], out: Path, metrics: Seque
         rates = summary["settings"]["grid"]["learning_rate"]
         tables = []
         for rate in rates:
-            cells = {c: v for c, v in data["cells"].items() if c.endswith(f"|lr={rate:g}")}
+            cells = {c: v for c, v in data["cells"].items() if c.endswith(f" lr={rate:g}")}
             deltas = {c: v for c, v in data["deltas"].items() if c in cells}
             base_cell = _cell_name(baseline["fusion"], float(baseline["psl_weight"]), rate)
             tables.append(ablation_table(cells, deltas, metrics, base_cell))
         sections.append(f"### {task}\n\n" + "\n\n".join(tables))
         series: dict[str, dict[float, Any]] = {}
         for cell, values in data["cells"].items():
-            setting, rate = cell.rsplit("|lr=", 1)
+            setting, rate = cell.rsplit(" lr=", 1)
             series.setdefault(setting, {})[float(rate)] = values[metrics[0]]
         if len(rates) > 1:
             plot_lr_sensitivity(series, out / f"lr_sensitivity_{task}.png", metrics[0],
