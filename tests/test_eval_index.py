@@ -1,5 +1,6 @@
 """FAISS index: exact search against numpy, approximate kinds against exact, shards, save/load, bad input."""
 
+import faiss
 import numpy as np
 import pytest
 
@@ -11,6 +12,15 @@ from eval.index import (
     save_embedding_shard,
     shard_paths,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_faiss_thread():
+    """These indexes are tiny; on a busy 2-core machine OpenMP threads only spin (7 s instead of 0.6 s)."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
 
 
 def _mixture(n, dim=32, clusters=20, noise=0.6, seed=0):
@@ -55,7 +65,7 @@ def test_flat_normalizes_so_scores_are_cosines():
         (IndexSpec("ivf", nlist=16, nprobe=16), 1.0),  # probing every list is exact
         (IndexSpec("ivf", nlist=32, nprobe=8), 0.9),
         (IndexSpec("hnsw", hnsw_m=16, ef_construction=200, ef_search=128), 0.95),
-        (IndexSpec("ivfpq", nlist=16, nprobe=16, pq_m=8, pq_bits=8), 0.55),
+        (IndexSpec("ivfpq", nlist=16, nprobe=16, pq_m=8, pq_bits=6), 0.45),
     ],
 )
 def test_approximate_kinds_against_exact(data, spec, min_recall):
