@@ -60,6 +60,7 @@ __all__ = [
 FREEZE_CHOICES = ("none", "vision", "text", "backbones")
 PSL_VARIANTS = ("cosine", "hinge")
 LORA_ADAPTER_DIR = "lora_adapter"
+PEFT_KEY_PREFIX = "base_model.model."
 LOSS_STATE_FILE = "unica_loss.safetensors"
 IMAGE_COLUMNS = ("query_image", "pos_image", "neg_image")
 
@@ -577,7 +578,10 @@ class UniCATrainer(Trainer):
         from safetensors.torch import save_file
 
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model.text_model).items()}
+        # PeftModel.save_pretrained's key layout ("base_model.model." + module path), so that
+        # PeftModel.from_pretrained(text_encoder, folder) finds the weights.
+        state = {PEFT_KEY_PREFIX + k: v.detach().cpu().contiguous()
+                 for k, v in get_peft_model_state_dict(model.text_model).items()}
         save_file(state, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
         model.text_model.peft_config["default"].save_pretrained(str(folder))
 
@@ -609,7 +613,8 @@ class UniCATrainer(Trainer):
             adapter = folder / LORA_ADAPTER_DIR / "adapter_model.safetensors"
             if not adapter.is_file():
                 raise ValueError(f"{str(folder)!r} has no {LORA_ADAPTER_DIR}/adapter_model.safetensors to resume LoRA from")
-            result = set_peft_model_state_dict(unwrapped.text_model, load_file(str(adapter)))
+            weights = {k.removeprefix(PEFT_KEY_PREFIX): v for k, v in load_file(str(adapter)).items()}
+            result = set_peft_model_state_dict(unwrapped.text_model, weights)
             if getattr(result, "unexpected_keys", None):
                 raise ValueError(f"the LoRA adapter in {str(folder)!r} does not fit this model: {result.unexpected_keys[:5]}")
         wanted = [k for k in live if not (lora and ("lora_" in k or ".base_layer." in k))]
