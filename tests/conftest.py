@@ -56,4 +56,21 @@ def make_image(seed: int, size: int = 40, mode: str = "RGB"):
     rng = np.random.default_rng(seed)
     blocks = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
     array = np.kron(blocks, np.ones((size // 4, size // 4, 1), dtype=np.uint8))
-    return Image.fromarray(array, mode="RGB").convert(mode)
+    return Image.fromarray(array).convert(mode)
+
+
+def make_tiny_text_encoder(folder, tokenizer_source: str, dropout: float = 0.0) -> str:
+    """A random 2-layer BERT (hidden 32) with the MiniLM tokenizer, saved as a local model folder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=96, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_path(tmp_path_factory, minilm_path) -> str:
+    return make_tiny_text_encoder(tmp_path_factory.mktemp("tiny-bert"), minilm_path)

@@ -9,8 +9,8 @@ import pathlib
 import datasets
 import pytest
 import torch
+from conftest import make_image
 
-from tests.conftest import make_image
 from unica.collator import RetrievalCollator, count_negatives, required_columns
 
 

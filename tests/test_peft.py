@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from peft import PeftModel
-from test_trainer import make_rows, make_trainer, tiny_text_path  # noqa: F401  (fixture)
+from test_trainer import make_rows, make_trainer
 
 from unica.checkpoint import load_checkpoint
 

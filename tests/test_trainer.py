@@ -9,24 +9,12 @@ import json
 import datasets
 import pytest
 import torch
+from conftest import TINY_VIT, make_image
 
-from tests.conftest import TINY_VIT, make_image
 from unica.checkpoint import init_model, load_checkpoint
 from unica.collator import RetrievalCollator
 from unica.losses import retrieval_loss
 from unica.trainer import UniCATrainer, UniCATrainingArguments, concat_inputs
-
-
-def make_tiny_text_encoder(folder, tokenizer_source: str, dropout: float = 0.0) -> str:
-    """A random 2-layer BERT (hidden 32) with the MiniLM tokenizer, saved as a local model folder."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=96, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(folder)
-    return str(folder)
 
 
 def make_rows(count: int, image_dir=None) -> list[dict]:
@@ -52,11 +40,6 @@ def make_rows(count: int, image_dir=None) -> list[dict]:
             row.update(query_text=f"which scene is {i}", pos_text=f"scene {i}", pos_image=image, neg_image=negative)
         rows.append(row)
     return rows
-
-
-@pytest.fixture(scope="session")
-def tiny_text_path(tmp_path_factory, minilm_path) -> str:
-    return make_tiny_text_encoder(tmp_path_factory.mktemp("tiny-bert"), minilm_path)
 
 
 def tiny_model(tiny_text_path: str, **overrides):

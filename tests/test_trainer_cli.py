@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import make_tiny_text_encoder
 from safetensors.torch import load_file
+from test_trainer import make_rows, tiny_model
 from transformers import TrainerCallback
 
-from tests.test_trainer import make_rows, make_tiny_text_encoder, tiny_model
 from unica.checkpoint import save_checkpoint
 from unica.cli import main
 from unica.train_cli import build_trainer, find_last_checkpoint, load_config
