@@ -62,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     demo = subparsers.add_parser("demo", help="the offline end-to-end demo on the embedded default model")
     demo.add_argument("--out", default="demo-output", help="folder for the demo's checkpoint and outputs")
+    demo.add_argument("--max-steps", type=int, default=60, help="fine-tuning steps")
     demo.set_defaults(func=run_demo)
 
 
@@ -134,4 +135,4 @@ def run_push(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from unica.demo import run
 
-    return run(Path(args.out))
+    return run(Path(args.out), max_steps=args.max_steps)
