@@ -7,13 +7,13 @@ the folder, so ``SentenceTransformer(path, trust_remote_code=True)`` needs no un
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
 from pathlib import Path
 
-from unica import st_unica
+# Copied, not imported: st_unica imports sentence-transformers, which writing a checkpoint must not need.
+ST_MODULE_FILE = Path(__file__).with_name("st_unica.py")
 
 DEFAULT_PROMPTS = {"query": "", "document": ""}
 
@@ -31,10 +31,9 @@ def write_sentence_transformers_files(folder: str | os.PathLike, prompts: dict[s
     ```
     """
     folder = Path(folder)
-    shutil.copyfile(inspect.getfile(st_unica), folder / "st_unica.py")
+    shutil.copyfile(ST_MODULE_FILE, folder / "st_unica.py")
     modules = [{"idx": 0, "name": "0", "path": "", "type": "st_unica.UniCAEmbedder"}]
     _write_json(folder / "modules.json", modules)
-    _write_json(folder / st_unica.UniCAEmbedder.config_file_name, {})
     config_path = folder / "config_sentence_transformers.json"
     existing = json.loads(config_path.read_text()) if config_path.is_file() else {}
     merged_prompts = {**DEFAULT_PROMPTS, **existing.get("prompts", {}), **(prompts or {})}
