@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from .jsonl import iter_json_objects
+
 logger = logging.getLogger(__name__)
 
 # UniIR's dataset ids (qid / did prefix), plus the two offline sources of this project.
@@ -109,16 +111,8 @@ def _line_of_row(path: Path, row_index: int) -> int:
 
 def _explain_parse_error(path: Path, schema: pa.Schema, arrow_error: Exception) -> ValueError:
     """Scan ``path`` line by line to turn Arrow's parse error into one naming the file and line."""
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                return ValueError(f"{path}:{line_number}: malformed JSON ({error.msg}); fix or remove that line")
-            if not isinstance(record, dict):
-                return ValueError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
+    try:
+        for line_number, record in iter_json_objects(path):
             for field in schema:
                 value = record.get(field.name)
                 if value is None:
@@ -132,6 +126,8 @@ def _explain_parse_error(path: Path, schema: pa.Schema, arrow_error: Exception) 
                     return ValueError(
                         f"{path}:{line_number}: field {field.name!r} has {value!r}, expected {field.type}; fix that line"
                     )
+    except ValueError as error:  # malformed JSON or a non-object line, already naming file:line
+        return error
     return ValueError(f"{path}: could not be read as JSON lines ({arrow_error})")
 
 

@@ -265,7 +265,10 @@ class UniCAModel(UniCAPreTrainedModel):
         self.visual_projection = UniCAVisualProjection(
             config.vision_config.hidden_size, config.text_config.hidden_size
         )
-        self.fusion_encoder = UniCAFusionEncoder(config)
+        # Built without touching the global RNG, and initialised last by post_init: with the same seed a
+        # fresh "bica" model has exactly the "concat" model's weights (the ablation changes one thing).
+        with torch.random.fork_rng(devices=[]):
+            self.fusion_encoder = UniCAFusionEncoder(config)
         self.post_init()
 
     @staticmethod

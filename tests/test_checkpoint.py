@@ -144,5 +144,5 @@ def test_cli_init_and_encode(minilm_path, tmp_path, caplog):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{broken\n')
     assert cli(["encode", str(out), "--jsonl", str(bad), "--out", str(tmp_path / "bad.npy")]) == 1
-    assert "bad.jsonl:2: not valid JSON" in caplog.text
+    assert "bad.jsonl:2: malformed JSON" in caplog.text
     assert not (tmp_path / "bad.npy").exists()

@@ -253,3 +253,21 @@ def test_model_input_errors(tiny_pair):
         model()
     with pytest.raises(TypeError, match="unexpected inputs"):
         model(**batch, labels=torch.tensor([1]))
+
+
+def test_same_seed_gives_bica_and_concat_the_same_shared_weights(minilm_path):
+    """What makes the fusion ablation fair: with one seed, Bi-CA is the only difference."""
+    models = {}
+    for fusion in ("concat", "bica"):
+        torch.manual_seed(123)
+        models[fusion], processor = init_model(minilm_path, "vit-micro", fusion=fusion,
+                                               vision_config_overrides=TINY_VIT)
+    concat, bica = models["concat"].state_dict(), models["bica"].state_dict()
+    shared = [k for k in bica if not k.startswith("fusion_encoder.")]
+    assert set(shared) == set(concat)
+    for key in shared:
+        torch.testing.assert_close(bica[key], concat[key], atol=0, rtol=0, msg=key)
+    batch = processor(text=["a red circle", None], images=[make_image(50), make_image(51)])
+    with torch.no_grad():
+        torch.testing.assert_close(models["bica"].eval()(**batch).embeddings,
+                                   models["concat"].eval()(**batch).embeddings, atol=1e-6, rtol=0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pathlib
 from collections.abc import Iterable, Sequence
@@ -69,24 +68,17 @@ def encode_items(
 
 def read_jsonl_items(path: str | os.PathLike) -> list[dict]:
     """Read ``{"text": ..., "image": ...}`` records, one per line; image paths are relative to the file."""
+    from dataset_builders.jsonl import iter_json_objects
+
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"JSONL file {str(path)!r} does not exist")
     items = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from error
-            if not isinstance(record, dict) or not ({"text", "image"} & set(record)):
-                raise ValueError(f"{path}:{line_number}: each line must be an object with 'text' and/or 'image'")
-            item = {key: record[key] for key in ("text", "image") if record.get(key) not in (None, "")}
-            if "image" in item:
-                item["image"] = pathlib.Path(path.parent, item["image"])
-            items.append(item)
+    for line_number, record in iter_json_objects(path):
+        if not ({"text", "image"} & set(record)):
+            raise ValueError(f"{path}:{line_number}: each line must be an object with 'text' and/or 'image'")
+        item = {key: record[key] for key in ("text", "image") if record.get(key) not in (None, "")}
+        if "image" in item:
+            item["image"] = pathlib.Path(path.parent, item["image"])
+        items.append(item)
     if not items:
         raise ValueError(f"JSONL file {str(path)!r} holds no records")
     return items

@@ -147,18 +147,9 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 def _load_jsonl(file: Path) -> Any:
     import datasets
 
-    records = []
-    with open(file, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{str(file)!r} line {number} is not valid JSON: {error}") from error
-            if not isinstance(record, dict):
-                raise ValueError(f"{str(file)!r} line {number} must be a JSON object of training columns")
-            records.append(record)
+    from dataset_builders.jsonl import iter_json_objects
+
+    records = [record for _, record in iter_json_objects(file)]
     if not records:
         raise ValueError(f"{str(file)!r} holds no records")
     return datasets.Dataset.from_list(records)
