@@ -194,3 +194,19 @@ def test_a_collator_with_fewer_negatives_than_asked_fails_before_training(tiny_t
     rows[2].update(neg_text="", neg_image=None)
     with pytest.raises(ValueError, match=r"hard_negatives=1 but row 2 \(qid 'q2'\) of train_dataset provides 0"):
         make_trainer(tiny_text_path, tmp_path, rows=rows)
+
+
+def test_fusion_learning_rate_moves_the_zero_gates_faster(tiny_text_path, tmp_path) -> None:
+    trainer = make_trainer(tiny_text_path, tmp_path, learning_rate=1e-5, fusion_learning_rate=1e-2, max_steps=3,
+                           lr_scheduler_type="constant", weight_decay=0.0)
+    model = trainer.model
+    text_before = model.text_model.embeddings.word_embeddings.weight.detach().clone()
+    projection_before = model.visual_projection.proj.weight.detach().clone()
+    trainer.train()
+    gate = model.fusion_encoder.layers[0].text_attention_gate.detach()
+    # Adam moves each parameter by about one learning rate per step: 3 steps of 1e-2 vs 1e-5.
+    assert 5e-3 < gate.abs().max().item() <= 3.1e-2
+    assert (model.visual_projection.proj.weight.detach() - projection_before).abs().max().item() > 5e-3
+    assert (model.text_model.embeddings.word_embeddings.weight.detach() - text_before).abs().max().item() <= 3.1e-5
+    rates = sorted({group["lr"] for group in trainer.optimizer.param_groups if group["params"]})
+    assert rates == [1e-5, 1e-2]

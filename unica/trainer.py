@@ -108,6 +108,12 @@ class UniCATrainingArguments(TrainingArguments):
         default_factory=lambda: ["query", "value"],
         metadata={"help": "Linear layers of the text encoder that get LoRA adapters (module name suffixes)."},
     )
+    fusion_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the parts new to the pretrained towers: the Bi-CA layers and the visual "
+                  "projection (both fusions have the projection, so an ablation stays fair). Default: learning_rate. "
+                  "Zero-initialised Bi-CA gates move about one learning rate per Adam step, so short runs need more."},
+    )
     merge_lora: bool = field(
         default=True,
         metadata={"help": "Saved checkpoints hold LoRA merged into the weights (else: base weights + lora_adapter/)."},
@@ -156,6 +162,10 @@ class UniCATrainingArguments(TrainingArguments):
             self.lora_target_modules = [self.lora_target_modules]
         if self.lora_r and not self.lora_target_modules:
             raise ValueError("lora_target_modules is empty; name the text encoder's linear layers, e.g. ['query', 'value']")
+        if self.fusion_learning_rate is not None and not (
+            _is_number(self.fusion_learning_rate) and self.fusion_learning_rate > 0
+        ):
+            raise ValueError(f"fusion_learning_rate must be a number > 0 or None, got {self.fusion_learning_rate!r}")
         if self.remove_unused_columns:
             raise ValueError(
                 "remove_unused_columns=True would drop every column of the training rows (they are not model "
@@ -444,11 +454,27 @@ class UniCATrainer(Trainer):
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         optimizer = super().create_optimizer(model)
+        if self.args.fusion_learning_rate is not None:
+            self._split_fusion_groups(optimizer)
         extra = [p for p in self.loss_module.parameters() if p.requires_grad]
         known = {id(p) for group in optimizer.param_groups for p in group["params"]}
         if extra and not any(id(p) in known for p in extra):
             optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
         return optimizer
+
+    def _split_fusion_groups(self, optimizer: torch.optim.Optimizer) -> None:
+        """Move the Bi-CA and visual-projection parameters into groups at ``fusion_learning_rate``."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        fusion = {id(p) for part in (unwrapped.fusion_encoder, unwrapped.visual_projection) for p in part.parameters()}
+        moved_groups = []
+        for group in optimizer.param_groups:
+            moved = [p for p in group["params"] if id(p) in fusion]
+            if moved:
+                group["params"] = [p for p in group["params"] if id(p) not in fusion]
+                settings = {k: v for k, v in group.items() if k not in ("params", "initial_lr")}
+                moved_groups.append({**settings, "params": moved, "lr": self.args.fusion_learning_rate})
+        for group in moved_groups:
+            optimizer.add_param_group(group)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._train_parts:
