@@ -101,6 +101,24 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / truth.size
 
 
+def _sweep(index: EmbeddingIndex, parameter: str, values: str, queries: np.ndarray, truth: np.ndarray,
+           exact_seconds: float, args: argparse.Namespace) -> list[dict]:
+    """Search once per value of ``parameter`` (``nprobe`` / ``ef_search``): speed and recall against exact."""
+    rows = []
+    for value in [int(v) for v in values.split(",")]:
+        index.set_search_params(**{parameter: value})
+        found, seconds = _timed_search(index, queries, args.k, args.repeats)
+        row = {
+            parameter: value,
+            "queries_per_second": round(len(queries) / seconds, 1),
+            "speedup_vs_exact": round(exact_seconds / seconds, 1),
+            f"recall@{args.k}": round(_recall(found.indices, truth), 4),
+        }
+        logger.info("%s %s", index.spec.kind, row)
+        rows.append(row)
+    return rows
+
+
 def _build(corpus: np.ndarray, spec: IndexSpec) -> tuple[EmbeddingIndex, float, float]:
     ids = [str(i) for i in range(len(corpus))]
     index = EmbeddingIndex(corpus.shape[1], spec, expected_size=len(corpus))
@@ -188,18 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = IndexSpec("ivf", nlist=args.nlist, train_size=args.train_size, seed=args.seed)
     ivf, build_seconds, train_seconds = _build(corpus, spec)
     logger.info("ivf: built in %.1fs (training %.1fs)", build_seconds, train_seconds)
-    sweep = []
-    for nprobe in [int(value) for value in args.nprobes.split(",")]:
-        ivf.set_search_params(nprobe=nprobe)
-        found, seconds = _timed_search(ivf, queries, args.k, args.repeats)
-        row = {
-            "nprobe": nprobe,
-            "queries_per_second": round(len(queries) / seconds, 1),
-            "speedup_vs_exact": round(exact_seconds / seconds, 1),
-            f"recall@{args.k}": round(_recall(found.indices, truth_k), 4),
-        }
-        logger.info("ivf %s", row)
-        sweep.append(row)
+    sweep = _sweep(ivf, "nprobe", args.nprobes, queries, truth_k, exact_seconds, args)
     del ivf
     results["ivf"] = {
         "index": f"IndexIVFFlat nlist={args.nlist}",
@@ -219,18 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = IndexSpec("hnsw", hnsw_m=args.hnsw_m, ef_construction=args.ef_construction)
         hnsw, build_seconds, _ = _build(corpus, spec)
         logger.info("hnsw: built in %.1fs", build_seconds)
-        sweep = []
-        for ef in [int(value) for value in args.ef_search.split(",")]:
-            hnsw.set_search_params(ef_search=ef)
-            found, seconds = _timed_search(hnsw, queries, args.k, args.repeats)
-            row = {
-                "ef_search": ef,
-                "queries_per_second": round(len(queries) / seconds, 1),
-                "speedup_vs_exact": round(exact_seconds / seconds, 1),
-                f"recall@{args.k}": round(_recall(found.indices, truth_k), 4),
-            }
-            logger.info("hnsw %s", row)
-            sweep.append(row)
+        sweep = _sweep(hnsw, "ef_search", args.ef_search, queries, truth_k, exact_seconds, args)
         del hnsw
         results["hnsw"] = {
             "index": f"IndexHNSWFlat M={args.hnsw_m} efConstruction={args.ef_construction}",

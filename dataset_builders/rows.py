@@ -160,14 +160,14 @@ def training_rows(
         neg = candidates[negatives[0]] if negatives else None
         pos_did, pos_modality, pos_text, pos_image = _side(pos, root, embed_images)
         neg_did, neg_modality, neg_text, neg_image = _side(neg, root, embed_images)
-        image_path = query.get("query_img_path")
+        fields = _query_fields(query, root, embed_images)
         yield {
-            "qid": query["qid"],
-            "task_id": int(query["task_id"]),
+            "qid": fields["qid"],
+            "task_id": fields["task_id"],
             "source": query.get("source") or "",
-            "query_modality": query.get("query_modality") or "",
-            "query_text": query.get("query_txt") or "",
-            "query_image": image_value(root / image_path, embed_images) if image_path else None,
+            "query_modality": fields["query_modality"],
+            "query_text": fields["query_text"],
+            "query_image": fields["query_image"],
             "pos_did": pos_did,
             "pos_modality": pos_modality,
             "pos_text": pos_text,
@@ -191,12 +191,16 @@ def candidate_rows(candidates: Iterable[dict], root: Path, embed_images: bool = 
 def query_rows(queries: Iterable[dict], root: Path, embed_images: bool = True) -> Iterator[dict]:
     """Turn M-BEIR query records into QUERY_FEATURES rows (evaluation queries)."""
     for query in queries:
-        image_path = query.get("query_img_path")
-        yield {
-            "qid": query["qid"],
-            "task_id": int(query["task_id"]),
-            "query_modality": query.get("query_modality") or "",
-            "query_text": query.get("query_txt") or "",
-            "query_image": image_value(root / image_path, embed_images) if image_path else None,
-            "pos_dids": list(query["pos_cand_list"]),
-        }
+        yield {**_query_fields(query, root, embed_images), "pos_dids": list(query["pos_cand_list"])}
+
+
+def _query_fields(query: dict, root: Path, embed_images: bool) -> dict:
+    """The query columns shared by training and evaluation rows."""
+    image_path = query.get("query_img_path")
+    return {
+        "qid": query["qid"],
+        "task_id": int(query["task_id"]),
+        "query_modality": query.get("query_modality") or "",
+        "query_text": query.get("query_txt") or "",
+        "query_image": image_value(root / image_path, embed_images) if image_path else None,
+    }
