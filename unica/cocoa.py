@@ -59,7 +59,7 @@ class ReconstructionHead(nn.Module):
         self.positions = nn.Embedding(max_positions + num_image_tokens, hidden_size)
         layer = nn.TransformerEncoderLayer(hidden_size, num_heads, 4 * hidden_size, dropout=0.0, batch_first=True,
                                            norm_first=True)
-        self.decoder = nn.TransformerEncoder(layer, num_layers)
+        self.decoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden_size)
         self.token_output = nn.Linear(hidden_size, vocab_size)
         if word_embeddings is not None:
