@@ -35,15 +35,17 @@ REQUIRED_FILES = (
 )
 
 
-def build_processor(text: str | os.PathLike, vision: str | os.PathLike, model: UniCAModel) -> UniCAProcessor:
+def build_processor(
+    text: str | os.PathLike, vision: str | os.PathLike, model: UniCAModel, tokenizer=None
+) -> UniCAProcessor:
     """The processor matching ``UniCAModel.from_components(text, vision)``.
 
-    The tokenizer comes from ``text``; the image processor from ``vision`` (a PIL-backed one sized to
-    the tower's input for presets, so no torchvision is needed).
+    The tokenizer comes from ``text`` (unless an already loaded one is passed); the image processor
+    from ``vision`` (a PIL-backed one sized to the tower's input for presets, so no torchvision is needed).
     """
     from transformers import ViTImageProcessorPil
 
-    tokenizer = AutoTokenizer.from_pretrained(text)
+    tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(text)
     if str(vision) in VISION_PRESETS:
         size = model.config.vision_config.image_size
         image_processor = ViTImageProcessorPil(
@@ -66,7 +68,8 @@ def init_model(
     ```
     """
     max_length = config_overrides.pop("max_text_length", None)
-    tokenizer_max = getattr(AutoTokenizer.from_pretrained(text), "model_max_length", 512)
+    tokenizer = AutoTokenizer.from_pretrained(text)
+    tokenizer_max = getattr(tokenizer, "model_max_length", 512)
     model = UniCAModel.from_components(text, vision, **config_overrides)
     limit = max_length or min(int(tokenizer_max), 512)
     # Image tokens take position embeddings too: keep text + image within the encoder's positions.
@@ -79,7 +82,7 @@ def init_model(
             "use a vision tower with fewer patches"
         )
     model.config.max_text_length = limit
-    return model, build_processor(text, vision, model)
+    return model, build_processor(text, vision, model, tokenizer=tokenizer)
 
 
 def atomic_directory(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> Path:
