@@ -74,3 +74,14 @@ def make_tiny_text_encoder(folder, tokenizer_source: str, dropout: float = 0.0) 
 @pytest.fixture(scope="session")
 def tiny_text_path(tmp_path_factory, minilm_path) -> str:
     return make_tiny_text_encoder(tmp_path_factory.mktemp("tiny-bert"), minilm_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_pair, tmp_path_factory):
+    """``tiny_pair`` saved once as a checkpoint folder; tests that change a folder copy it first."""
+    from unica.checkpoint import save_checkpoint
+
+    model, processor = tiny_pair
+    folder = tmp_path_factory.mktemp("tiny-checkpoint") / "unica-mini"
+    save_checkpoint(model, processor, folder)
+    return folder

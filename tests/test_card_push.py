@@ -10,16 +10,13 @@ import pytest
 import yaml
 
 from unica.card import render_model_card
-from unica.checkpoint import save_checkpoint, validate_checkpoint
+from unica.checkpoint import validate_checkpoint
 from unica.cli import main as cli
 
 
-@pytest.fixture(scope="module")
-def folder(tiny_pair, tmp_path_factory):
-    model, processor = tiny_pair
-    path = tmp_path_factory.mktemp("card") / "unica-mini"
-    save_checkpoint(model, processor, path)
-    return path
+@pytest.fixture
+def folder(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def _front_matter(card: str) -> dict:

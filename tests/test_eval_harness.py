@@ -30,12 +30,9 @@ def eval_set(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tiny_pair, tmp_path_factory):
-    model, processor = tiny_pair
-    folder = tmp_path_factory.mktemp("harness") / "model"
-    save_checkpoint(model, processor, folder)
-    return folder
+@pytest.fixture
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def test_metrics_match_brute_force_ranking(checkpoint, eval_set, tmp_path):
