@@ -68,7 +68,14 @@ def build_evaluation_sets(
             raise ValueError(f"{query_file}: holds task ids {wrong}, expected only {task}; check the file name")
         referenced = pc.list_flatten(table.column("pos_cand_list").combine_chunks())
         if qrels_file.is_file():
-            qrels = [row for row in read_qrels(qrels_file)]
+            qrels = read_qrels(qrels_file)
+            known = set(table.column("qid").to_pylist())
+            unknown = sorted({row[0] for row in qrels} - known)
+            if unknown:
+                raise ValueError(
+                    f"{len(unknown)} qrels name query ids not in {query_file} ({qrels_file}), e.g. {unknown[:5]}; "
+                    "use the qrels file made with these queries"
+                )
             referenced = pa.concat_arrays([referenced, pa.array([row[1] for row in qrels], pa.string())])
         else:
             logger.warning("%s not found: qrels derived from the queries' positives", qrels_file)
@@ -93,7 +100,7 @@ def build_evaluation_sets(
             ))
             report.append({
                 "task_id": task, "task": task_name(task), "queries": len(queries), "candidates": len(candidates),
-                "qrels": len(qrels), "skipped_images": len(missing.paths),
+                "qrels": len(qrels), "skipped_images": missing.count,
             })
         is_webqa = dataset.lower() == "webqa"
         description = (

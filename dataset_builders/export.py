@@ -77,6 +77,22 @@ def image_value(path: str | Path | None, embed: bool = True) -> dict | None:
     return {"bytes": None, "path": str(path.absolute())}
 
 
+def _embedded_image(feature: datasets.Image, value) -> dict | None:
+    """An ``Image()`` cell that always holds the bytes (see ``ParquetShardWriter._encode``)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        value = {"bytes": None, "path": os.fspath(value)}
+    if isinstance(value, dict):
+        if value.get("bytes") is None:
+            if not value.get("path"):
+                raise ValueError(f"image value {value!r} has neither 'bytes' nor 'path'")
+            path = Path(value["path"])
+            return {"bytes": path.read_bytes(), "path": path.name}
+        return {"bytes": value["bytes"], "path": value.get("path")}
+    return feature.encode_example(value)  # PIL images, arrays, raw bytes: encoded to bytes by datasets
+
+
 @dataclass
 class SplitSummary:
     """What a writer wrote: used for the card's ``configs`` and ``dataset_info``."""
@@ -135,8 +151,7 @@ class ParquetShardWriter:
     def _flush(self) -> None:
         if not self._pending:
             return
-        columns = {name: [row.get(name) for row in self._pending] for name in self.features}
-        table = pa.Table.from_pydict(self.features.encode_batch(columns), schema=self.schema)
+        table = pa.Table.from_pydict(self._encode(self._pending), schema=self.schema)
         self._pending = []
         offset = 0
         while offset < len(table):
@@ -153,6 +168,23 @@ class ParquetShardWriter:
             if self._rows_in_shard >= self.rows_per_shard:
                 self._writer.close()
                 self._writer = None
+
+    def _encode(self, rows: list[dict]) -> dict[str, list]:
+        """Encode rows with ``features``, embedding every top-level image's bytes.
+
+        ``datasets.Image.encode_example`` keeps only the path of a ``{"bytes", "path"}`` value whose path
+        names a file in the *current working folder* (and of any ``str`` path), so a build run from inside
+        an images folder would export images without their bytes. Image cells are therefore encoded here:
+        paths are read, bytes are always stored.
+        """
+        columns = {name: [row.get(name) for row in rows] for name in self.features}
+        images = {name for name, feature in self.features.items() if isinstance(feature, datasets.Image)}
+        encoded = datasets.Features({n: f for n, f in self.features.items() if n not in images}).encode_batch(
+            {n: values for n, values in columns.items() if n not in images}
+        )
+        for name in images:
+            encoded[name] = [_embedded_image(self.features[name], value) for value in columns[name]]
+        return {name: encoded[name] for name in self.features}
 
     def close(self) -> SplitSummary:
         self._flush()

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -437,5 +438,35 @@ class MBEIRLayout:
             raise FileNotFoundError(f"no candidate pool under {self.root / 'cand_pool'}; expected {union}")
         return local
 
-    def image_path(self, relative: str) -> Path:
-        return self.root / relative
+    def image_path(self, relative: str, record: str = "a record") -> Path:
+        """The file ``relative`` names, checked to lie inside the root (see :func:`resolve_image_path`)."""
+        return resolve_image_path(self.root, relative, record)
+
+
+def resolve_image_path(root: str | Path, relative: str, record: str = "a record") -> Path:
+    """Resolve an image path of an M-BEIR record against ``root``; refuse one that leaves the root.
+
+    Data never comes from outside the folder the user named: an absolute path, a ``..`` that climbs out
+    of the root, or a symlink inside the root that leads out of it raises ``ValueError`` naming the record
+    (e.g. ``"candidate '2:15'"``) and the path. ``..`` that stays inside the root is fine. The result is
+    the resolved absolute path (symlinks inside the root are followed), whether or not the file exists.
+
+    Example::
+
+        resolve_image_path("/data/M-BEIR", "mbeir_images/webqa_images/1.jpg", "candidate '2:1'")
+    """
+    real_root = Path(os.path.realpath(root))
+    if not isinstance(relative, str) or not relative or "\0" in relative:
+        raise ValueError(f"{record}: image path {relative!r} is not a file name (empty, or holds a NUL)")
+    if os.path.isabs(relative) or PureWindowsPath(relative).drive:
+        raise ValueError(
+            f"{record}: image path {relative!r} is absolute, outside the dataset root {str(real_root)!r}; "
+            "image paths must be relative to the root"
+        )
+    resolved = Path(os.path.realpath(real_root / relative))
+    if not resolved.is_relative_to(real_root):
+        raise ValueError(
+            f"{record}: image path {relative!r} leads to {str(resolved)!r}, outside the dataset root "
+            f"{str(real_root)!r}; only files inside the root are read (copy the images into it)"
+        )
+    return resolved

@@ -29,13 +29,17 @@ Every candidate named in ``pos_dids`` / ``neg_dids`` is in the ``candidates`` co
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+from tqdm.auto import tqdm
 
 from .export import image_value
+from .mbeir import resolve_image_path
 
 logger = logging.getLogger(__name__)
 
@@ -89,44 +93,104 @@ QRELS_FEATURES = datasets.Features(
 
 @dataclass
 class MissingImages:
-    """Image paths that do not exist, and what was dropped because of them (with ``skip_missing``)."""
+    """Image files that are missing or unreadable, and what was dropped because of them (``skip_missing``).
+
+    ``paths`` lists the missing files; ``unreadable`` the files that exist but are not images the
+    processor's safe loader accepts (not an image, truncated, a decompression bomb), each with the record
+    that uses it and the loader's message.
+    """
 
     paths: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str, str]] = field(default_factory=list)  # (record, path, reason)
     dropped_queries: int = 0
     dropped_candidates: int = 0
 
+    @property
+    def count(self) -> int:
+        """Missing plus unreadable image files."""
+        return len(self.paths) + len(self.unreadable)
+
     def check(self, skip_missing: bool, where: str) -> None:
-        """Raise ``FileNotFoundError`` with the count and first examples unless ``skip_missing``."""
+        """Raise unless ``skip_missing`` (missing files first, then unreadable ones); else log what was dropped."""
         if self.paths and not skip_missing:
             raise FileNotFoundError(
                 f"{len(self.paths)} image files referenced in {where} are missing, e.g. {self.paths[:3]}; "
                 "restore them or pass --skip-missing to drop the records that use them"
             )
-        if self.paths:
+        if self.unreadable and not skip_missing:
+            record, path, reason = self.unreadable[0]
+            raise ValueError(
+                f"{record} uses image {path!r}, which cannot be read: {reason} ({len(self.unreadable)} unreadable "
+                f"images in {where}); replace the files or pass --skip-missing to drop the records that use them"
+            )
+        if self.count:
             logger.warning(
-                "skipped %d missing images (%d queries and %d candidates dropped), e.g. %s",
-                len(self.paths), self.dropped_queries, self.dropped_candidates, self.paths[:3],
+                "skipped %d missing and %d unreadable images (%d queries and %d candidates dropped), e.g. %s",
+                len(self.paths), len(self.unreadable), self.dropped_queries, self.dropped_candidates,
+                (self.paths + [path for _, path, _ in self.unreadable])[:3],
             )
 
 
-def drop_missing_images(
-    root: Path, queries: list[dict], candidates: dict[str, dict], skip_missing: bool, where: str
-) -> tuple[list[dict], dict[str, dict], MissingImages]:
-    """Check that every image exists; with ``skip_missing`` drop what needs a missing one.
+def image_problem(path: Path) -> str | None:
+    """Why ``path`` is not a usable image (``"missing"`` or the safe loader's message), or ``None`` when it is.
 
-    Candidates with a missing image are dropped and removed from the queries' lists; queries with a
-    missing image or without a remaining positive are dropped.
+    Decodes the file with the processor's own loader, so what passes here also loads at training and
+    evaluation time (EXIF, modes, truncation, decompression-bomb limit).
     """
-    missing = MissingImages()
-    bad_candidates = set()
+    # The remote-code loader pulls in torch and transformers: imported here, when images are checked.
+    from modeling_unica.processing_unica import load_image
+
+    if not path.is_file():
+        return "missing"
+    try:
+        load_image(path)
+    except (ValueError, FileNotFoundError) as error:
+        return str(error)
+    return None
+
+
+def drop_missing_images(
+    root: Path, queries: list[dict], candidates: dict[str, dict], skip_missing: bool, where: str,
+    workers: int | None = None, progress: bool = True,
+) -> tuple[list[dict], dict[str, dict], MissingImages]:
+    """Check every image the records use; with ``skip_missing`` drop what needs a missing or unreadable one.
+
+    Each path must lie inside ``root`` (:func:`~dataset_builders.mbeir.resolve_image_path`: a path that
+    leaves it is an error naming the record, ``skip_missing`` or not) and decode with the processor's safe
+    loader. Each distinct file is decoded once, by ``workers`` threads (default: the CPU count; PIL decodes
+    without holding the GIL). Candidates with a bad image are dropped and removed from the queries' lists;
+    queries with a bad image or without a remaining positive are dropped.
+    """
+    uses: dict[Path, tuple[str, str]] = {}  # resolved file -> (first record using it, its relative path)
+    candidate_files: dict[str, Path] = {}
+    query_files: dict[int, Path] = {}
     for did, candidate in candidates.items():
-        if candidate.get("img_path") and not (root / candidate["img_path"]).is_file():
-            missing.paths.append(candidate["img_path"])
-            bad_candidates.add(did)
+        if candidate.get("img_path"):
+            record = f"candidate {did!r}"
+            candidate_files[did] = resolve_image_path(root, candidate["img_path"], record)
+            uses.setdefault(candidate_files[did], (record, candidate["img_path"]))
+    for index, query in enumerate(queries):
+        if query.get("query_img_path"):
+            record = f"query {query['qid']!r}"
+            query_files[index] = resolve_image_path(root, query["query_img_path"], record)
+            uses.setdefault(query_files[index], (record, query["query_img_path"]))
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        problems = dict(zip(uses, tqdm(
+            pool.map(image_problem, uses), total=len(uses), desc="checking images", unit="image",
+            disable=not progress or len(uses) < 1000,
+        )))
+    bad_files = {path for path, problem in problems.items() if problem}
+    missing = MissingImages()
+    for path in sorted(bad_files, key=lambda p: uses[p][1]):
+        record, relative = uses[path]
+        if problems[path] == "missing":
+            missing.paths.append(relative)
+        else:
+            missing.unreadable.append((record, relative, problems[path]))
+    bad_candidates = {did for did, path in candidate_files.items() if path in bad_files}
     kept_queries = []
-    for query in queries:
-        if query.get("query_img_path") and not (root / query["query_img_path"]).is_file():
-            missing.paths.append(query["query_img_path"])
+    for index, query in enumerate(queries):
+        if query_files.get(index) in bad_files:
             missing.dropped_queries += 1
             continue
         if bad_candidates:
@@ -146,7 +210,9 @@ def drop_missing_images(
 def _side(candidate: dict | None, root: Path, embed: bool) -> tuple[str, str, str, dict | None]:
     if candidate is None:
         return "", "", "", None
-    image = image_value(root / candidate["img_path"], embed) if candidate.get("img_path") else None
+    image = None
+    if candidate.get("img_path"):
+        image = image_value(resolve_image_path(root, candidate["img_path"], f"candidate {candidate['did']!r}"), embed)
     return candidate["did"], candidate.get("modality") or "", candidate.get("txt") or "", image
 
 
@@ -202,5 +268,8 @@ def _query_fields(query: dict, root: Path, embed_images: bool) -> dict:
         "task_id": int(query["task_id"]),
         "query_modality": query.get("query_modality") or "",
         "query_text": query.get("query_txt") or "",
-        "query_image": image_value(root / image_path, embed_images) if image_path else None,
+        "query_image": (
+            image_value(resolve_image_path(root, image_path, f"query {query['qid']!r}"), embed_images)
+            if image_path else None
+        ),
     }

@@ -325,10 +325,11 @@ def build_umr_s10(
             ("Columns", _columns_doc()),
             ("Sampling report", sampling_report_markdown(sample.report)),
         ]
-        if sample.missing.paths:
+        if sample.missing.count:
+            unreadable = f" and {len(sample.missing.unreadable)} unreadable ones" if sample.missing.unreadable else ""
             sections.append((
                 "Skipped records",
-                f"{len(sample.missing.paths)} missing image files: {sample.missing.dropped_queries} queries and "
+                f"{len(sample.missing.paths)} missing image files{unreadable}: {sample.missing.dropped_queries} queries and "
                 f"{sample.missing.dropped_candidates} candidates dropped.",
             ))
         sections.append(("License", "Each source dataset keeps its own license; see the M-BEIR card and the sources."))

@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        # User errors: one clear line, no traceback.
+    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError) as error:
+        # User errors (and an unreachable Hub): one clear line, no traceback.
         logging.getLogger("unica").error("%s", error)
         return 1
 

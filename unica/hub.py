@@ -49,16 +49,27 @@ def upload_validated_folder(
         logger.info("dry run: would upload %d files from %s to %s%s:\n  %s", len(files), folder, prefix, repo_id,
                     "\n  ".join(files))
         return files
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
 
+    if constants.is_offline_mode():
+        raise ConnectionError(
+            f"cannot upload {folder} to {prefix}{repo_id}: HF_HUB_OFFLINE is set; unset it (and log in with "
+            "`hf auth login`) to upload, or pass --dry-run to validate and list the files only"
+        )
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    api.upload_folder(
-        repo_id=repo_id,
-        repo_type=repo_type,
-        folder_path=str(folder),
-        revision=revision,
-        commit_message=commit_message or f"Upload {Path(folder).name} ({len(files)} files)",
-    )
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo_id,
+            repo_type=repo_type,
+            folder_path=str(folder),
+            revision=revision,
+            commit_message=commit_message or f"Upload {Path(folder).name} ({len(files)} files)",
+        )
+    except OSError as error:  # no network, DNS, refused, and HfHubHTTPError (401, 403, 404 ...) alike
+        raise ConnectionError(
+            f"could not upload {folder} to {prefix}{repo_id}: {str(error).splitlines()[0]}; check the network "
+            "and your token (`hf auth login`), or pass --dry-run to validate only"
+        ) from error
     logger.info("uploaded %d files to https://huggingface.co/%s%s", len(files), prefix, repo_id)
     return files
