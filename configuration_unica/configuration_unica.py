@@ -36,6 +36,20 @@ _DEFAULT_VISION = {
 }
 
 
+def check_vision_sizes(vision_config) -> None:
+    """Raise ``ValueError`` unless ``image_size`` and ``patch_size`` (a config or a dict) make at least one patch."""
+    get = vision_config.get if isinstance(vision_config, dict) else lambda name: getattr(vision_config, name, None)
+    for name in ("image_size", "patch_size"):
+        value = get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"vision_config.{name} must be a positive integer, got {value!r}")
+    if get("patch_size") > get("image_size"):
+        raise ValueError(
+            f"vision_config.patch_size ({get('patch_size')}) is larger than vision_config.image_size "
+            f"({get('image_size')}): an image would make no patch token"
+        )
+
+
 def _as_config(value, name: str, default: dict) -> PretrainedConfig:
     """Turn ``None`` / a dict / a config into a config instance, naming ``name`` on error."""
     if value is None:
@@ -167,6 +181,7 @@ class UniCAConfig(PretrainedConfig):
             raise ValueError(
                 f"vision_config.model_type must be one of {VISION_MODEL_TYPES}, got {self.vision_config.model_type!r}"
             )
+        check_vision_sizes(self.vision_config)
         if max_positions is not None and self.num_image_tokens + 2 > max_positions:
             raise ValueError(
                 f"the vision tower makes {self.num_image_tokens} image tokens but the text encoder has only "

@@ -33,9 +33,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput, logging
 
 try:  # flat remote-code layout (a checkpoint folder): the config file sits beside this one
-    from .configuration_unica import UniCAConfig
+    from .configuration_unica import UniCAConfig, check_vision_sizes
 except ImportError:  # installed package layout: configuration_unica/ and modeling_unica/
-    from configuration_unica.configuration_unica import UniCAConfig
+    from configuration_unica.configuration_unica import UniCAConfig, check_vision_sizes
 
 try:
     from transformers import initialization as init
@@ -426,6 +426,8 @@ class UniCAModel(UniCAPreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         batch_size = input_ids.shape[0]
+        if batch_size == 0 or (pixel_values is not None and pixel_values.shape[0] == 0 and image_mask is None):
+            raise ValueError("UniCAModel got an empty batch (0 items); pass at least one text or image")
         if image_mask is None:
             image_mask = torch.full((batch_size,), pixel_values is not None, dtype=torch.bool, device=input_ids.device)
         image_mask = image_mask.to(device=input_ids.device, dtype=torch.bool)
@@ -436,6 +438,8 @@ class UniCAModel(UniCAPreTrainedModel):
                 f"image_mask marks {num_images} of {batch_size} items as having an image but pixel_values holds "
                 f"{given_images} images; pass one pixel_values row per True in image_mask (the processor does this)"
             )
+
+        self._check_sequence_length(input_ids.shape[1], with_images=num_images > 0)
 
         if num_images == batch_size:  # all items have images: one fused pass, no scatter needed
             states, mask = self._encode_fused(input_ids, attention_mask, pixel_values)
@@ -448,6 +452,20 @@ class UniCAModel(UniCAPreTrainedModel):
         output = UniCAOutput(embeddings=embeddings, pooler_output=embeddings, last_hidden_state=states,
                              attention_mask=mask)
         return output if return_dict else output.to_tuple()
+
+    def _check_sequence_length(self, text_length: int, with_images: bool) -> None:
+        """Refuse inputs that need more position embeddings than the text encoder has (an IndexError otherwise)."""
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        if limit is None:
+            return
+        image_tokens = self.config.num_image_tokens if with_images else 0
+        needed = self._position_base() + text_length + image_tokens
+        if needed > limit:
+            raise ValueError(
+                f"input_ids has {text_length} tokens{f' plus {image_tokens} image tokens' if image_tokens else ''}, "
+                f"more than the text encoder's {limit} positions allow; truncate the text to at most "
+                f"{limit - self._position_base() - image_tokens} tokens (the processor truncates to max_text_length)"
+            )
 
     def _encode_mixed(self, input_ids, attention_mask, pixel_values, image_mask):
         """A batch where some items have an image: each group takes its own path, results go back in order."""
@@ -552,6 +570,7 @@ def _load_text_encoder(text: str | os.PathLike) -> PreTrainedModel:
 def _load_vision_tower(vision: str | os.PathLike, overrides: dict | None) -> PreTrainedModel:
     if str(vision) in VISION_PRESETS:
         settings = {**VISION_PRESETS[str(vision)], **(overrides or {})}
+        check_vision_sizes(settings)  # before the tower is built (a zero patch size divides by zero there)
         return _build_submodel(AutoConfig.for_model("vit", **settings))
     if overrides:
         raise ValueError("vision_config_overrides only applies to presets " + ", ".join(VISION_PRESETS))

@@ -11,9 +11,21 @@ import numpy as np
 import torch
 
 from configuration_unica import FUSIONS, POOLINGS
+from dataset_builders.atomic import atomic_path
 from modeling_unica import VISION_PRESETS
 
 logger = logging.getLogger("unica")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the option in its one-line error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,9 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--fusion", choices=FUSIONS, default="bica")
     init.add_argument("--pooling", choices=POOLINGS, help="default: the text model's own (CLS unless its "
                       "sentence-transformers pooling says mean)")
-    init.add_argument("--bica-layers", type=int, default=1)
-    init.add_argument("--image-size", type=int, help="image size of a preset vision tower")
-    init.add_argument("--patch-size", type=int, help="patch size of a preset vision tower")
+    init.add_argument("--bica-layers", type=_positive_int, default=1)
+    init.add_argument("--image-size", type=_positive_int, help="image size of a preset vision tower")
+    init.add_argument("--patch-size", type=_positive_int, help="patch size of a preset vision tower")
     init.add_argument("--seed", type=int, default=0, help="seed for the randomly initialised parts")
     init.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     init.set_defaults(func=run_init)
@@ -38,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     encode.add_argument("--image", action="append", help="an image path (repeatable)")
     encode.add_argument("--jsonl", help='file of {"text": ..., "image": path} records, one per line')
     encode.add_argument("--out", required=True, help="where to write the (n, hidden) float32 .npy array")
-    encode.add_argument("--batch-size", type=int, default=32)
+    encode.add_argument("--batch-size", type=_positive_int, default=32)
     encode.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     encode.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     encode.set_defaults(func=run_encode)
@@ -72,7 +84,9 @@ def run_init(args: argparse.Namespace) -> int:
     overrides = {}
     if args.pooling:
         overrides["pooling"] = args.pooling
-    vision_overrides = {k: v for k, v in (("image_size", args.image_size), ("patch_size", args.patch_size)) if v}
+    vision_overrides = {
+        k: v for k, v in (("image_size", args.image_size), ("patch_size", args.patch_size)) if v is not None
+    }
     if vision_overrides:
         if args.vision not in VISION_PRESETS:
             raise ValueError("--image-size / --patch-size apply to preset vision towers only")
@@ -97,17 +111,17 @@ def run_encode(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a folder; pass a file name such as {str(out / 'embeddings.npy')!r}")
     items = read_jsonl_items(args.jsonl) if args.jsonl else []
     items += pair_cli_items(args.text, args.image)
     if not items:
         raise ValueError("nothing to encode: pass --text, --image or --jsonl")
     model, processor = load_checkpoint(args.checkpoint)
     embeddings = encode_items(model, processor, items, batch_size=args.batch_size, dtype=args.dtype)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.partial.npy")
-    np.save(temporary, embeddings)
-    temporary.replace(out)
+    with atomic_path(out) as temporary, open(temporary, "wb") as handle:
+        np.save(handle, embeddings)  # a handle, so numpy appends no ".npy" to the name
     logger.info("wrote %s: %d embeddings of size %d", out, *embeddings.shape)
     return 0
 
