@@ -72,3 +72,46 @@ def test_encode_out_a_folder_is_refused_before_loading(tiny_checkpoint, tmp_path
     assert unica_main(["encode", str(tiny_checkpoint), "--text", "a red circle", "--out", str(target)]) == 0
     assert np.load(target).shape == (1, 384)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder", "embeddings"]
+
+
+def test_checkpoint_save_killed_at_random_points_never_leaves_a_loadable_half(minilm_path, tmp_path):
+    """SIGKILL a process that saves checkpoints in a loop: every folder at a final name loads whole and
+    computes what the reference computes; what the kill interrupted is only a hidden ``.partial-`` folder."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from unica.checkpoint import load_checkpoint
+
+    script = textwrap.dedent(f"""
+        import itertools, sys, torch
+        from unica.checkpoint import init_model, save_checkpoint
+        torch.manual_seed(0)
+        model, processor = init_model({minilm_path!r}, "vit-micro", fusion="bica",
+                                      vision_config_overrides={TINY_VIT!r})
+        save_checkpoint(model, processor, {str(tmp_path / 'reference')!r}, overwrite=True)
+        print("ready", flush=True)
+        for n in itertools.count():
+            save_checkpoint(model, processor, {str(tmp_path)!r} + f"/saved-{{sys.argv[1]}}-{{n}}")
+    """)
+    rng = random.Random(0)
+    for run in range(2):
+        process = subprocess.Popen([sys.executable, "-c", script, str(run)], stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == "ready"
+        subprocess.run(["sleep", f"{rng.uniform(0.5, 2.0):.2f}"], check=True)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    model, processor = load_checkpoint(tmp_path / "reference")
+    batch = processor(text=["a red circle"], images=[Image.new("RGB", (32, 32), "red")])
+    with torch.no_grad():
+        reference = model(**batch).embeddings
+    # The newest complete save of each run (the one the kill came closest to) loads whole.
+    newest = [max(tmp_path.glob(f"saved-{run}-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])) for run in range(2)]
+    for folder in newest:
+        model, processor = load_checkpoint(folder)
+        with torch.no_grad():
+            assert torch.equal(model(**processor(text=["a red circle"], images=[Image.new("RGB", (32, 32), "red")])).embeddings, reference)
+    partial = [p.name for p in tmp_path.iterdir() if ".partial-" in p.name]
+    assert len(partial) <= 2 and all(name.startswith(".saved-") for name in partial)  # one per kill at most
