@@ -24,6 +24,10 @@ Config (YAML)::
       tasks: [task2, task7]
       metrics: [hit@5, hit@10, mrr@1]
       batch_size: 64
+
+The whole config (keys, grid values, baseline, metric names, tasks) is checked by
+:func:`validate_ablation_config` before anything is built or trained, so a typo fails in a second,
+not after the last training run.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import copy
 import itertools
 import json
 import logging
+import numbers
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -48,6 +53,9 @@ logger = logging.getLogger(__name__)
 GRID_KEYS = ("fusion", "psl_weight", "learning_rate", "seed")
 CONFIG_KEYS = ("train", "grid", "baseline", "evaluation")
 EVALUATION_KEYS = ("dataset", "tasks", "metrics", "batch_size", "num_resamples", "scenes_tasks")
+BASELINE_KEYS = ("fusion", "psl_weight")
+DEFAULT_METRICS = ("hit@5", "hit@10", "mrr@1")
+DEFAULT_SCENES_TASKS = (0, 2, 3, 7)
 
 
 def _cell_name(fusion: str, psl_weight: float, learning_rate: float) -> str:
@@ -56,45 +64,183 @@ def _cell_name(fusion: str, psl_weight: float, learning_rate: float) -> str:
 
 
 def load_ablation_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read an ablation YAML; errors name unknown keys and empty grid axes."""
+    """Read an ablation YAML and check it whole (:func:`validate_ablation_config`); errors name the key."""
     import yaml
 
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"ablation config {str(file)!r} does not exist")
     config = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"ablation config {str(file)!r} holds a YAML {type(config).__name__}; expected a mapping with "
+                         f"keys {list(CONFIG_KEYS)} (see examples/ablation_scenes.yaml)")
     unknown = set(config) - set(CONFIG_KEYS)
     if unknown:
         raise ValueError(f"ablation config {str(file)!r} has unknown keys {sorted(unknown)}; valid: {list(CONFIG_KEYS)}")
-    grid = config.get("grid") or {}
-    unknown = set(grid) - set(GRID_KEYS)
-    if unknown:
-        raise ValueError(f"grid has unknown axes {sorted(unknown)}; valid: {list(GRID_KEYS)}")
-    evaluation = config.get("evaluation") or {}
-    unknown = set(evaluation) - set(EVALUATION_KEYS)
-    if unknown:
-        raise ValueError(f"evaluation has unknown keys {sorted(unknown)}; valid: {list(EVALUATION_KEYS)}")
+    _check_sections(config)
     train = config.get("train")
     if isinstance(train, str):
         from unica.train_cli import load_config
 
         train_path = Path(train) if Path(train).is_absolute() or Path(train).exists() else file.parent / train
         config["train"] = load_config(train_path)
-    elif not isinstance(train, Mapping):
-        raise ValueError("ablation config needs 'train': a training config path or an inline mapping")
+    validate_ablation_config(config)
+    return config
+
+
+def _check_sections(config: Mapping[str, Any]) -> None:
+    """Known keys in grid / evaluation, and every grid axis a non-empty list."""
+    grid = config.get("grid") or {}
+    if not isinstance(grid, Mapping):
+        raise ValueError(f"grid must be a mapping of axes {list(GRID_KEYS)} to lists, got {grid!r}")
+    unknown = set(grid) - set(GRID_KEYS)
+    if unknown:
+        raise ValueError(f"grid has unknown axes {sorted(unknown)}; valid: {list(GRID_KEYS)}")
+    evaluation = config.get("evaluation") or {}
+    if not isinstance(evaluation, Mapping):
+        raise ValueError(f"evaluation must be a mapping (keys {list(EVALUATION_KEYS)}), got {evaluation!r}")
+    unknown = set(evaluation) - set(EVALUATION_KEYS)
+    if unknown:
+        raise ValueError(f"evaluation has unknown keys {sorted(unknown)}; valid: {list(EVALUATION_KEYS)}")
     for axis in GRID_KEYS:
         values = grid.get(axis)
         if values is not None and (not isinstance(values, list) or not values):
             raise ValueError(f"grid.{axis} must be a non-empty list, got {values!r}")
-    return config
+
+
+def _grid_axes(config: Mapping[str, Any]) -> tuple[list, list, list, list]:
+    """The grid's (fusions, psl_weights, learning_rates, seeds), with defaults for absent axes."""
+    grid = config.get("grid") or {}
+    training = (config.get("train") or {}).get("training") or {}
+    return (list(grid.get("fusion", ["concat", "bica"])), list(grid.get("psl_weight", [0.0, 0.1])),
+            list(grid.get("learning_rate", [training.get("learning_rate", 5e-5)])), list(grid.get("seed", [0])))
+
+
+def _number(value: Any) -> float | None:
+    """A real number (or a numeric YAML string such as ``1e-4``), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def allowed_metrics() -> list[str]:
+    """Metric names an ablation can report: every ranking metric at the harness's default cut-offs."""
+    from eval.harness import DEFAULT_K_VALUES
+    from eval.metrics import METRIC_NAMES
+
+    return [f"{name}@{k}" for name in METRIC_NAMES for k in DEFAULT_K_VALUES]
+
+
+def validate_ablation_config(config: Mapping[str, Any]) -> None:
+    """Check the whole ablation config before any training; a ValueError names the key and the allowed values.
+
+    Checked: grid values (fusion in the model's fusions, psl_weight >= 0, learning_rate > 0, integer
+    seeds), the baseline (known keys, a cell of the grid), evaluation metric names (``<metric>@<k>``
+    the harness reports), tasks (present in the evaluation folder, or among ``scenes_tasks``), batch
+    size and bootstrap resamples, and that the training config builds its model from ``init:``.
+    """
+    from configuration_unica import FUSIONS
+    from dataset_builders.mbeir import MBEIR_TASKS
+
+    unknown = set(config) - set(CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"ablation config has unknown keys {sorted(unknown)}; valid: {list(CONFIG_KEYS)}")
+    _check_sections(config)
+    train = config.get("train")
+    if not isinstance(train, Mapping):
+        raise ValueError("ablation config needs 'train': a training config path or an inline mapping")
+    if "init" not in train:
+        raise ValueError("the ablation's training config must build the model from components ('init:'), so every "
+                         "cell starts from the same weights with its own fusion")
+    fusions, psl_weights, rates, seeds = _grid_axes(config)
+    unknown = [f for f in fusions if f not in FUSIONS]
+    if unknown:
+        raise ValueError(f"grid.fusion has {', '.join(map(repr, unknown))}; allowed values: {list(FUSIONS)}")
+    bad = [w for w in psl_weights if _number(w) is None or _number(w) < 0]
+    if bad:
+        raise ValueError(f"grid.psl_weight has {', '.join(map(repr, bad))}; every value must be a number >= 0, "
+                         "e.g. [0.0, 0.1]")
+    bad = [r for r in rates if _number(r) is None or not _number(r) > 0]
+    if bad:
+        raise ValueError(f"grid.learning_rate has {', '.join(map(repr, bad))}; every value must be a number > 0, "
+                         "e.g. [1.0e-4]")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, numbers.Integral)]
+    if bad:
+        raise ValueError(f"grid.seed has {', '.join(map(repr, bad))}; every seed must be an integer, e.g. [0, 1]")
+
+    baseline = config.get("baseline") or {}
+    if not isinstance(baseline, Mapping):
+        raise ValueError(f"baseline must be a mapping such as {{fusion: concat, psl_weight: 0.0}}, got {baseline!r}")
+    unknown = sorted(set(baseline) - set(BASELINE_KEYS))
+    if unknown:
+        raise ValueError(f"baseline has unknown keys {unknown}; valid: {list(BASELINE_KEYS)}")
+    baseline = {"fusion": "concat", "psl_weight": 0.0, **baseline}
+    weights = [_number(w) for w in psl_weights]
+    if baseline["fusion"] not in fusions or _number(baseline["psl_weight"]) not in weights:
+        raise ValueError(f"baseline {baseline} is not a cell of the grid (grid.fusion {fusions}, grid.psl_weight "
+                         f"{psl_weights}); pick a fusion and a psl_weight from the grid")
+
+    evaluation = config.get("evaluation") or {}
+    metrics = evaluation.get("metrics")
+    if metrics is None:
+        metrics = list(DEFAULT_METRICS)
+    allowed = allowed_metrics()
+    if not isinstance(metrics, list) or not metrics:
+        raise ValueError(f"evaluation.metrics must be a non-empty list of metric names, got {metrics!r}; "
+                         f"allowed: {', '.join(allowed)}")
+    unknown = [m for m in metrics if m not in allowed]
+    if unknown:
+        raise ValueError(f"evaluation.metrics has unknown metrics {', '.join(map(repr, unknown))}; allowed: "
+                         f"{', '.join(allowed)}")
+    for key in ("batch_size", "num_resamples"):
+        value = evaluation.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0):
+            raise ValueError(f"evaluation.{key} must be a positive integer, got {value!r}")
+    scenes_tasks = evaluation.get("scenes_tasks") or DEFAULT_SCENES_TASKS
+    unknown = [t for t in scenes_tasks if isinstance(t, bool) or t not in MBEIR_TASKS]
+    if unknown:
+        raise ValueError(f"evaluation.scenes_tasks has {', '.join(map(repr, unknown))}; allowed task ids: "
+                         f"{sorted(MBEIR_TASKS)}")
+    _check_tasks(train, evaluation, scenes_tasks)
+
+
+def _check_tasks(train: Mapping[str, Any], evaluation: Mapping[str, Any], scenes_tasks: Sequence[int]) -> None:
+    """evaluation.tasks must name tasks of the evaluation folder (or of the scenes tasks that will be built)."""
+    from eval.harness import _resolve_task, available_tasks
+
+    dataset = evaluation.get("dataset")
+    if dataset:
+        if not Path(dataset).is_dir():
+            raise FileNotFoundError(f"evaluation.dataset {str(dataset)!r} does not exist; build it with "
+                                    "`unica build-dataset webqa|mbeir-eval` or leave it null for the scenes data")
+        available = available_tasks(dataset)
+    elif ((train.get("data") or {}).get("builder")) != "scenes":
+        raise ValueError("evaluation.dataset is required unless the training data is the scenes builder")
+    else:
+        available = [f"task{t}" for t in scenes_tasks]
+    tasks = evaluation.get("tasks")
+    if tasks is None:
+        return
+    if not isinstance(tasks, list) or not tasks:
+        raise ValueError(f"evaluation.tasks must be a non-empty list such as [{available[0]}], got {tasks!r}")
+    for task in tasks:
+        try:
+            _resolve_task(str(task), available)
+        except ValueError:
+            source = f"evaluation.dataset {str(dataset)!r}" if dataset else f"evaluation.scenes_tasks {list(scenes_tasks)}"
+            raise ValueError(f"evaluation.tasks has unknown task {task!r}; {source} gives {', '.join(available)}") from None
 
 
 def _cell_config(base: Mapping[str, Any], fusion: str, psl_weight: float, learning_rate: float, seed: int,
                  output_dir: Path, data_root: Path | None) -> dict[str, Any]:
     config = copy.deepcopy(dict(base))
-    if "init" not in config:
-        raise ValueError("the ablation's training config must build the model from components ('init:'), so every "
-                     "cell starts from the same weights with its own fusion")
     config["init"] = {**(config["init"] or {}), "fusion": fusion, "seed": seed}
     training = dict(config.get("training") or {})
     training.update(output_dir=str(output_dir), psl_weight=psl_weight, learning_rate=learning_rate, seed=seed,
@@ -114,15 +260,13 @@ def _prepare_evaluation(base: Mapping[str, Any], evaluation: Mapping[str, Any], 
     if evaluation.get("dataset"):
         return Path(evaluation["dataset"]), None
     data = base.get("data") or {}
-    if data.get("builder") != "scenes":
-        raise ValueError("evaluation.dataset is required unless the training data is the scenes builder")
     from dataset_builders.evaluation import build_evaluation_sets
     from unica.train_cli import _scenes_root
 
     root = _scenes_root({**data, "root": data.get("root") or str(out / "data" / "scenes")}, str(out))
     eval_dir = out / "data" / "scenes-eval"
     if not (eval_dir / "README.md").is_file():
-        tasks = evaluation.get("scenes_tasks") or (0, 2, 3, 7)
+        tasks = evaluation.get("scenes_tasks") or DEFAULT_SCENES_TASKS
         build_evaluation_sets(root, eval_dir, dataset="scenes", tasks=tuple(tasks), overwrite=True)
     return eval_dir, root
 
@@ -132,18 +276,14 @@ def run_ablation(config: Mapping[str, Any], out: str | os.PathLike) -> dict[str,
     from eval.harness import evaluate_checkpoint
     from unica.train_cli import build_trainer
 
+    validate_ablation_config(config)  # before anything is written, built or trained
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    grid = config.get("grid") or {}
-    fusions = grid.get("fusion", ["concat", "bica"])
-    psl_weights = [float(w) for w in grid.get("psl_weight", [0.0, 0.1])]
-    rates = [float(r) for r in grid.get("learning_rate", [config["train"]["training"].get("learning_rate", 5e-5)])]
-    seeds = [int(s) for s in grid.get("seed", [0])]
+    fusions, psl_weights, rates, seeds = _grid_axes(config)
+    psl_weights, rates, seeds = [float(w) for w in psl_weights], [float(r) for r in rates], [int(s) for s in seeds]
     baseline = {"fusion": "concat", "psl_weight": 0.0, **(config.get("baseline") or {})}
-    if baseline["fusion"] not in fusions or float(baseline["psl_weight"]) not in psl_weights:
-        raise ValueError(f"baseline {baseline} is not a cell of the grid (fusion {fusions}, psl_weight {psl_weights})")
     evaluation = dict(config.get("evaluation") or {})
-    metrics = list(evaluation.get("metrics") or ["hit@5", "hit@10", "mrr@1"])
+    metrics = list(evaluation.get("metrics") or DEFAULT_METRICS)
     eval_dir, data_root = _prepare_evaluation(config["train"], evaluation, out)
 
     runs: dict[str, dict[int, dict[str, Any]]] = {}

@@ -3,7 +3,13 @@
 A cache entry is ``<root>/<model fp[:2]>/<model fp>/<data fp>.npy`` plus a ``.json`` beside it
 recording both fingerprints, the array's shape and dtype, and the sha256 of the ``.npy`` file.
 An entry is reused only when the recorded fingerprints equal the requested ones and the file's
-checksum matches; otherwise it is re-computed with a warning saying why. A different model
+checksum matches; otherwise it is re-computed with a warning saying why.
+
+Several processes may share a cache: writers of one entry take turns (a lock on ``<entry>.npy.lock``)
+and write the array and its metadata as a pair, each through a uniquely named temporary file renamed
+into place (``dataset_builders.atomic``), so a writer killed at any point leaves the old entry, an
+entry whose checksum no longer matches (a miss), or the complete new one. A reader that finds the
+array and metadata of different writes looks again while holding the lock. A different model
 (other weights, config, tokenizer, or encoding settings folded in with
 :func:`combine_fingerprints`) has a different fingerprint, so its embeddings are never reused.
 
@@ -32,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from dataset_builders.atomic import TEMPORARY_MARKER, atomic_path, atomic_write, file_lock
+
 logger = logging.getLogger(__name__)
 
 _HEX = re.compile(r"^[0-9a-f]{16,128}$")
@@ -42,10 +50,14 @@ _IGNORED_SUFFIXES = (".md", ".lock", ".tmp")
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
     """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(chunk_size):
-            digest.update(block)
+        return _sha256_handle(handle, chunk_size)
+
+
+def _sha256_handle(handle, chunk_size: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    while block := handle.read(chunk_size):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -54,7 +66,8 @@ def fingerprint_model_dir(model_dir: str | os.PathLike) -> str:
 
     Each file contributes its relative path and the sha256 of its bytes; ``config.json`` is
     hashed in canonical JSON form so key order and whitespace do not matter. Markdown files (the
-    model card) and hidden files are ignored: they do not change the embeddings.
+    model card), hidden files, lock files and half-written temporaries (names with ``.partial-``)
+    are ignored: they do not change the embeddings.
 
     Example:
         >>> import tempfile, pathlib
@@ -72,6 +85,7 @@ def fingerprint_model_dir(model_dir: str | os.PathLike) -> str:
         if path.is_file()
         and not any(part.startswith(".") for part in path.relative_to(model_dir).parts)
         and not path.name.endswith(_IGNORED_SUFFIXES)
+        and TEMPORARY_MARKER not in path.name
     )
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json; is it a model checkpoint folder?")
@@ -209,72 +223,88 @@ class EmbeddingCache:
 
     def get(self, model_fingerprint: str, data_fingerprint: str) -> np.ndarray | None:
         """The cached embeddings, or None when absent, written for other fingerprints, or corrupt
-        (the last two with a warning)."""
+        (the last two with a warning).
+
+        A first look takes no lock. If it finds a problem, it looks again holding the entry's lock: a
+        writer of another process may have been between the array and its metadata, and only what is
+        still wrong once no writer is active is reported.
+        """
         path = self.path_for(model_fingerprint, data_fingerprint)
+        array, problem = self._read(path, model_fingerprint, data_fingerprint)
+        if problem is not None:
+            try:
+                with file_lock(path):
+                    array, problem = self._read(path, model_fingerprint, data_fingerprint)
+            except OSError as error:  # e.g. a read-only cache: the lock file cannot be created
+                logger.debug("cannot lock %s (%s); keeping the unlocked read", path, error)
+        if problem is not None:
+            logger.warning(*problem)
+        return array
+
+    def _read(
+        self, path: Path, model_fingerprint: str, data_fingerprint: str
+    ) -> tuple[np.ndarray | None, tuple | None]:
+        """(array or None, None) or (None, a warning's logging arguments)."""
         meta_path = path.with_suffix(".json")
         if not path.is_file() and not meta_path.is_file():
-            return None
+            return None, None
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             recorded = (meta["model_fingerprint"], meta["data_fingerprint"])
             expected_sha, shape, dtype = meta["sha256"], tuple(meta["shape"]), meta["dtype"]
         except (OSError, ValueError, KeyError, TypeError) as error:
-            logger.warning("embedding cache entry %s is corrupt (metadata: %s); re-encoding", path, error)
-            return None
+            return None, ("embedding cache entry %s is corrupt (metadata: %s); re-encoding", path, error)
         if recorded != (model_fingerprint, data_fingerprint):
-            logger.warning(
+            return None, (
                 "embedding cache entry %s was written for model %s / data %s, not model %s / data %s; "
                 "not reusing it, re-encoding",
                 path, recorded[0][:12], recorded[1][:12], model_fingerprint[:12], data_fingerprint[:12],
             )  # fmt: skip
-            return None
         try:
-            actual_sha = sha256_file(path)
-        except OSError as error:
-            logger.warning("embedding cache entry %s is corrupt (%s); re-encoding", path, error)
-            return None
-        if actual_sha != expected_sha:
-            logger.warning("embedding cache entry %s is corrupt (checksum mismatch); re-encoding", path)
-            return None
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            logger.warning("embedding cache entry %s is corrupt (%s); re-encoding", path, error)
-            return None
+            # One open file for the checksum and the load: a writer renaming a new array into place
+            # meanwhile cannot make us load other bytes than the ones we checked.
+            with open(path, "rb") as handle:
+                if _sha256_handle(handle) != expected_sha:
+                    return None, ("embedding cache entry %s is corrupt (checksum mismatch); re-encoding", path)
+                handle.seek(0)
+                array = np.load(handle, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:
+            return None, ("embedding cache entry %s is corrupt (%s); re-encoding", path, error)
         if array.shape != shape or str(array.dtype) != dtype:
-            logger.warning(
+            return None, (
                 "embedding cache entry %s is corrupt (array %s %s, metadata says %s %s); re-encoding",
                 path, array.shape, array.dtype, shape, dtype,
             )  # fmt: skip
-            return None
-        return array
+        return array, None
 
     def put(self, model_fingerprint: str, data_fingerprint: str, embeddings: np.ndarray) -> Path:
-        """Store embeddings (array first, then its metadata, each written to a temp file and renamed)."""
+        """Store embeddings: array, then its metadata, under the entry's lock, each written atomically.
+
+        Holding the lock, it also removes temporaries that a killed writer of this entry left behind
+        (every live writer of the entry writes only while holding the same lock).
+        """
         path = self.path_for(model_fingerprint, data_fingerprint)
         embeddings = np.asarray(embeddings)
         if embeddings.ndim != 2 or embeddings.shape[0] == 0:
             raise ValueError(f"embeddings must be a non-empty 2-D array (rows, dim), got shape {embeddings.shape}")
         if embeddings.dtype == object:
             raise ValueError("embeddings has dtype object; pass a numeric array (float32 / float16)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            np.save(handle, embeddings, allow_pickle=False)
-        checksum = sha256_file(tmp)
-        os.replace(tmp, path)
-        meta = {
-            "format": _FORMAT_VERSION,
-            "model_fingerprint": model_fingerprint,
-            "data_fingerprint": data_fingerprint,
-            "shape": list(embeddings.shape),
-            "dtype": str(embeddings.dtype),
-            "sha256": checksum,
-        }
         meta_path = path.with_suffix(".json")
-        meta_tmp = meta_path.with_name(meta_path.name + ".tmp")
-        meta_tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        os.replace(meta_tmp, meta_path)
+        with file_lock(path):
+            _remove_stale_temporaries(path, meta_path)
+            with atomic_path(path) as temporary:
+                with open(temporary, "wb") as handle:
+                    np.save(handle, embeddings, allow_pickle=False)
+                checksum = sha256_file(temporary)
+            meta = {
+                "format": _FORMAT_VERSION,
+                "model_fingerprint": model_fingerprint,
+                "data_fingerprint": data_fingerprint,
+                "shape": list(embeddings.shape),
+                "dtype": str(embeddings.dtype),
+                "sha256": checksum,
+            }
+            atomic_write(meta_path, json.dumps(meta, indent=1))
         return path
 
     def get_or_compute(
@@ -290,3 +320,23 @@ class EmbeddingCache:
         embeddings = np.asarray(compute_fn())
         self.put(model_fingerprint, data_fingerprint, embeddings)
         return embeddings
+
+
+def _remove_stale_temporaries(*targets: Path) -> None:
+    """Delete temporaries of ``targets`` (``.<name>.partial-*``, old-style ``<name>.tmp``) left by killed writers.
+
+    Call it only while holding the targets' lock, so that no live writer's temporary is removed.
+    """
+    for target in targets:
+        stale = [target.with_name(target.name + ".tmp")]
+        try:
+            with os.scandir(target.parent) as entries:
+                prefix = f".{target.name}{TEMPORARY_MARKER}"
+                stale += [Path(entry.path) for entry in entries if entry.name.startswith(prefix)]
+        except FileNotFoundError:
+            continue
+        for path in stale:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as error:
+                logger.debug("could not remove stale temporary %s (%s)", path, error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
 
 logger = logging.getLogger("unica")
 
@@ -31,13 +32,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--dataset", required=True, help="folder written by `unica build-dataset webqa|mbeir-eval`")
     evaluate.add_argument("--tasks", help="comma-separated, e.g. webqa_task1,webqa_task2 or task2 (default: all)")
-    evaluate.add_argument("--out", required=True, help="folder for results.json, results.md, recall_curves.png")
+    evaluate.add_argument("--out", required=True, help="folder for results.json, results.md, recall_curves.png "
+                          "(must be new or empty unless --overwrite)")
+    evaluate.add_argument("--overwrite", action="store_true",
+                          help="replace the results in an existing --out folder (its embedding cache is reused)")
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     evaluate.add_argument("--index", default="flat",
                           help="flat (exact) | ivf | hnsw | ivfpq, with parameters: 'ivf,nlist=1024,nprobe=32'")
     evaluate.add_argument("--pool", choices=["local", "global"], default="local")
-    evaluate.add_argument("--k", type=_ints, default=[1, 5, 10, 20, 50], help="cut-offs, e.g. 1,5,10")
+    evaluate.add_argument("--k", type=_ints, default=[1, 5, 10, 20, 50],
+                          help="cut-offs, e.g. 1,5,10 (at least one of 1, 5, 10: the reported metrics' cut-offs)")
     evaluate.add_argument("--cache-dir", help="candidate-embedding cache (default: OUT/embedding-cache)")
     evaluate.add_argument("--no-cache", action="store_true")
     evaluate.add_argument("--shard", type=_shard, help="encode only candidate shard i/n into --shard-dir")
@@ -51,8 +56,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ablate.set_defaults(func=run_ablate)
 
 
+def _check_out(out: str, overwrite: bool) -> None:
+    """Refuse an existing non-empty results folder unless ``--overwrite`` (before anything is loaded)."""
+    folder = Path(out)
+    if not folder.exists() or overwrite:
+        return
+    if not folder.is_dir():
+        raise FileExistsError(f"--out {out!r} exists and is not a folder; choose another --out")
+    if any(folder.iterdir()):
+        raise FileExistsError(f"results folder {out!r} already exists and is not empty; choose another --out or "
+                              "pass --overwrite to replace its results")
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    from eval.harness import evaluate_checkpoint
+    from eval.harness import check_k_values, evaluate_checkpoint
     from eval.index import IndexSpec
 
     shard = args.shard
@@ -61,11 +78,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if not args.shard_dir:
             raise ValueError("under torchrun, pass --shard-dir: each rank encodes one shard of the candidates")
         shard = (int(os.environ.get("RANK", "0")), world)
+    # Every check on the arguments comes before the model or the data is loaded.
+    check_k_values(args.k, option="--k", report=shard is None)
+    index_spec = IndexSpec.parse(args.index)
+    if shard is None:  # a shard run writes only into --shard-dir
+        _check_out(args.out, args.overwrite)
     cache_dir = None if args.no_cache else (args.cache_dir or os.path.join(args.out, "embedding-cache"))
     results = evaluate_checkpoint(
         args.checkpoint, args.dataset, out_dir=args.out,
         tasks=[t for t in (args.tasks or "").split(",") if t] or None, batch_size=args.batch_size, dtype=args.dtype,
-        index_spec=IndexSpec.parse(args.index), cache_dir=cache_dir, k_values=args.k, pool=args.pool,
+        index_spec=index_spec, cache_dir=cache_dir, k_values=args.k, pool=args.pool,
         split=args.split, shard=shard, shard_dir=args.shard_dir,
     )
     if shard is not None:

@@ -44,7 +44,39 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_K_VALUES = (1, 5, 10, 20, 50)
 DEFAULT_METRICS = ("hit@1", "hit@5", "hit@10", "mrr@1", "mrr@10", "recall@5", "recall@10", "ndcg@10")
+# The cut-offs of the metrics the report's table shows (1, 5, 10): k_values must include one of them.
+REPORT_K_VALUES = tuple(sorted({int(metric.split("@")[1]) for metric in DEFAULT_METRICS}))
 _TASK_CONFIG = re.compile(r"^task(\d+)_queries$")
+
+
+def check_k_values(k_values: Sequence[int], option: str = "k_values", report: bool = True) -> list[int]:
+    """Validate cut-offs before anything is loaded or encoded; returns them as ints.
+
+    Every k must be a positive integer; with ``report`` (a results table will be written) at least one
+    must be a cut-off of a reported metric (:data:`REPORT_K_VALUES`), or the table would be empty.
+    ``option`` names the setting in errors (``"--k"`` from the command line).
+
+    Example:
+        >>> check_k_values([1, 5, 20])
+        [1, 5, 20]
+    """
+    example = f"e.g. {option} {','.join(map(str, REPORT_K_VALUES))}"
+    if isinstance(k_values, (str, bytes)) or not isinstance(k_values, Sequence):
+        raise ValueError(f"{option}={k_values!r} must be a list of positive integers, {example}")
+    if not k_values:
+        raise ValueError(f"{option} is empty; pass at least one cut-off, {example}")
+    bad = [k for k in k_values if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0]
+    if bad:
+        raise ValueError(f"{option} contains {', '.join(map(repr, bad))}; every cut-off must be a positive integer "
+                         f"(k >= 1), {example}")
+    k_values = [int(k) for k in k_values]
+    if report and not set(k_values) & set(REPORT_K_VALUES):
+        raise ValueError(
+            f"{option} {','.join(map(str, k_values))} gives none of the reported metrics ({', '.join(DEFAULT_METRICS)}); "
+            f"include at least one of {', '.join(map(str, REPORT_K_VALUES))} (other cut-offs, such as 20 or 50, only "
+            f"add values to results.json and points to the recall curve), {example}"
+        )
+    return k_values
 
 
 @dataclass
@@ -232,9 +264,11 @@ def evaluate_checkpoint(
 
     ``results["tasks"][task]`` holds the mean metrics; ``results["per_query"]`` the per-query values
     (for paired bootstrap); the written ``results.json`` also records the model fingerprint and settings.
+    ``k_values`` are checked before anything is loaded (:func:`check_k_values`).
     """
     from unica.checkpoint import load_checkpoint
 
+    k_values = check_k_values(k_values, report=out_dir is not None and shard is None)
     model, processor = load_checkpoint(checkpoint)
     fingerprint = fingerprint_model_dir(checkpoint)
     cache = EmbeddingCache(cache_dir) if cache_dir else None

@@ -28,6 +28,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from dataset_builders.atomic import atomic_path, atomic_write, file_lock
+
 logger = logging.getLogger(__name__)
 
 INDEX_KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw", "ivfpq")
@@ -257,14 +259,18 @@ class EmbeddingIndex:
         return SearchResult(ids=id_lists, scores=scores, indices=indices)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``index.faiss``, ``ids.json`` and ``spec.json`` into ``directory`` (each atomically)."""
+        """Write ``index.faiss``, ``ids.json`` and ``spec.json`` into ``directory``.
+
+        Each file is written atomically, and the three under one lock (``index.faiss.lock``), so two
+        processes saving into the same folder leave one index's three files, not a mix.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / "index.faiss.tmp"
-        faiss.write_index(self._index, str(tmp))
-        os.replace(tmp, directory / "index.faiss")
-        _write_json(directory / "ids.json", self.ids)
-        _write_json(directory / "spec.json", {"dim": self.dim, "nlist": self.nlist, "spec": asdict(self.spec)})
+        with file_lock(directory / "index.faiss"):
+            with atomic_path(directory / "index.faiss") as temporary:
+                faiss.write_index(self._index, str(temporary))
+            _write_json(directory / "ids.json", self.ids)
+            _write_json(directory / "spec.json", {"dim": self.dim, "nlist": self.nlist, "spec": asdict(self.spec)})
         return directory
 
     @classmethod
@@ -306,9 +312,7 @@ class EmbeddingIndex:
 
 
 def _write_json(path: Path, payload) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload))
 
 
 def build_index(embeddings: np.ndarray, ids: Sequence[str], spec: IndexSpec | None = None) -> EmbeddingIndex:
@@ -390,7 +394,8 @@ def save_embedding_shard(
     num_shards: int,
     prefix: str = "embeddings",
 ) -> Path:
-    """Write one shard (``.npy`` + ``.ids.json``, each atomically) for :func:`build_index_from_shards`.
+    """Write one shard (``.npy`` + ``.ids.json``, each atomically, the pair under the shard's lock) for
+    :func:`build_index_from_shards`.
 
     Example:
         >>> import numpy as np, tempfile
@@ -407,11 +412,11 @@ def save_embedding_shard(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{prefix}-{shard_index:05d}-of-{num_shards:05d}.npy"
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, embeddings)
-    os.replace(tmp, path)
-    _write_json(_ids_path(path), ids)
+    with file_lock(path):
+        with atomic_path(path) as temporary:
+            with open(temporary, "wb") as handle:
+                np.save(handle, embeddings)
+        _write_json(_ids_path(path), ids)
     return path
 
 

@@ -1,8 +1,9 @@
 """Evaluation outputs: ``results.json``, markdown tables and PNG plots.
 
 Plots use matplotlib's object API on an Agg canvas (``matplotlib.figure.Figure``), so nothing
-here touches pyplot's global state or needs a display. Every file is written to a temporary
-path and renamed, so a reader never sees half a file.
+here touches pyplot's global state or needs a display. Every file is written to a uniquely named
+temporary file and renamed into place (``dataset_builders.atomic``), so a reader never sees half a
+file and two processes writing the same report never collide.
 
 Example:
     >>> import tempfile
@@ -27,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from dataset_builders.atomic import atomic_path, atomic_write, file_lock
+
 logger = logging.getLogger(__name__)
 
 HIT_NOTE = (
@@ -34,15 +37,6 @@ HIT_NOTE = (
     '"Recall@k"); recall@k = share of the relevant documents in the top k.'
 )
 _METRIC_KEY = re.compile(r"^(?P<name>[a-z_]+)@(?P<k>\d+)$")
-
-
-def _atomic_write_text(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def to_jsonable(value: Any) -> Any:
@@ -79,7 +73,7 @@ def write_results_json(results: Mapping[str, Any], path: str | os.PathLike) -> P
         raise ValueError(
             f"results hold a value JSON cannot store ({error}); convert it to numbers or strings"
         ) from None
-    return _atomic_write_text(Path(path), text + "\n")
+    return atomic_write(path, text + "\n")
 
 
 def _format_cell(value: Any, digits: int) -> str:
@@ -133,7 +127,7 @@ def write_markdown(text: str, path: str | os.PathLike, title: str | None = None,
     parts.append(text.rstrip() + "\n")
     if note:
         parts.append(f"\n{note}\n")
-    return _atomic_write_text(Path(path), "\n".join(parts))
+    return atomic_write(path, "\n".join(parts))
 
 
 def _new_figure(width: float = 6.4, height: float = 4.4):
@@ -145,10 +139,8 @@ def _new_figure(width: float = 6.4, height: float = 4.4):
 
 def _save_png(figure, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    figure.savefig(tmp, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", bbox_inches="tight")
     return path
 
 
@@ -278,13 +270,19 @@ def write_evaluation_report(
     extra: Mapping[str, Any] | None = None,
     title: str = "Retrieval evaluation",
 ) -> dict[str, Path]:
-    """Write ``results.json`` (per-task metrics + ``extra``), ``results.md`` and ``recall_curves.png``."""
+    """Write ``results.json`` (per-task metrics + ``extra``), ``results.md`` and ``recall_curves.png``.
+
+    The three files are written under one lock (``OUT/.report.lock``), so two runs writing the same
+    folder leave the three files of one run, not a mix.
+    """
     out_dir = Path(out_dir)
     payload = {**(extra or {}), "tasks": results}
-    paths = {
-        "json": write_results_json(payload, out_dir / "results.json"),
-        "markdown": write_markdown(results_table(results, metrics), out_dir / "results.md", title=title),
-        "plot": plot_recall_curves(results, out_dir / "recall_curves.png", metric=curve_metric),
-    }
+    table = results_table(results, metrics)  # checked before anything is written
+    with file_lock(out_dir / ".report"):
+        paths = {
+            "json": write_results_json(payload, out_dir / "results.json"),
+            "markdown": write_markdown(table, out_dir / "results.md", title=title),
+            "plot": plot_recall_curves(results, out_dir / "recall_curves.png", metric=curve_metric),
+        }
     logger.info("wrote %s", ", ".join(str(path) for path in paths.values()))
     return paths

@@ -104,6 +104,6 @@ def test_evaluate_cli_outputs_and_errors(checkpoint, eval_set, tmp_path, caplog)
     assert cli(["evaluate", str(checkpoint), "--dataset", str(eval_set), "--out", str(out), "--index",
                 "hnsw,ef_search=64", "--k", "1,5,10", "--dtype", "bf16"]) == 0
     assert {"results.json", "results.md", "recall_curves.png"} <= {p.name for p in out.iterdir()}
-    assert cli(["evaluate", str(checkpoint), "--dataset", str(eval_set), "--out", str(out), "--tasks", "task9"]) == 1
+    assert cli(["evaluate", str(checkpoint), "--dataset", str(eval_set), "--out", str(out), "--overwrite", "--tasks", "task9"]) == 1
     assert "unknown task 'task9'" in caplog.text
     assert cli(["evaluate", str(checkpoint), "--dataset", str(tmp_path / "missing"), "--out", str(out)]) == 1

@@ -15,11 +15,22 @@ from typing import Any
 
 import yaml
 
+from dataset_builders.atomic import atomic_write
+
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 # The paper's protocol: Recall@5, Recall@10 (M-BEIR's "Recall" = our hit@k) and MRR@1.
 CARD_METRICS = ("hit@5", "hit@10", "mrr@1", "recall@5", "recall@10", "ndcg@10")
 NOT_MEASURED = "not measured"
+
+
+# What each JSON input must hold, for the error message when it holds something else.
+_EXPECTED = {
+    "results": 'a JSON object as `unica evaluate` writes it: {"tasks": {task: {"hit@5": number, ...}}, ...}',
+    "ablation": 'a JSON object as `unica ablate` writes it (ablation.json): {"markdown": "...", "tasks": {...}}',
+    "training record": 'a JSON object as the trainer writes it: {"psl_weight": ..., "temperature": ...}',
+    "checkpoint config": "a JSON object (a model config)",
+}
 
 
 def _read_json(path: str | os.PathLike | None, what: str) -> dict | None:
@@ -29,9 +40,28 @@ def _read_json(path: str | os.PathLike | None, what: str) -> dict | None:
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {str(path)!r} does not exist; run the command that writes it first")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{what} file {str(path)!r} is not valid JSON ({error.msg})") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} file {str(path)!r} holds a JSON {type(data).__name__}; expected {_EXPECTED[what]}")
+    return data
+
+
+def _check_results(results: Mapping[str, Any], path: str | os.PathLike | None) -> None:
+    """``results["tasks"]``, when present, must map task names to dicts of metrics; ``"training"`` be a dict."""
+    bad = None
+    tasks, training = results.get("tasks"), results.get("training")
+    if tasks is not None and not isinstance(tasks, Mapping):
+        bad = f'"tasks" is a JSON {type(tasks).__name__}'
+    elif tasks is not None:
+        task, values = next(((t, v) for t, v in tasks.items() if not isinstance(v, Mapping)), (None, None))
+        if task is not None:
+            bad = f'"tasks" -> {task!r} is a JSON {type(values).__name__}'
+    if bad is None and training is not None and not isinstance(training, Mapping):
+        bad = f'"training" is a JSON {type(training).__name__}'
+    if bad is not None:
+        raise ValueError(f"results file {str(path)!r}: {bad}; expected {_EXPECTED['results']}")
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -96,11 +126,12 @@ def render_model_card(
     if config is None or config.get("model_type") != "unica":
         raise ValueError(f"{str(folder)!r} is not a UniCA checkpoint (config.json model_type is not 'unica')")
     results = _read_json(results_path, "results") or {}
+    _check_results(results, results_path)
     record = folder / "training_record.json"  # written by the trainer's save_model, when it trained this folder
     if "training" not in results and record.is_file():
         results["training"] = _read_json(record, "training record")
     ablation = _read_json(ablation_path, "ablation") or {}
-    tasks = results.get("tasks") if isinstance(results.get("tasks"), Mapping) else None
+    tasks = results.get("tasks")
     text_cfg, vision_cfg = config["text_config"], config["vision_config"]
     name = repo_id.split("/")[-1] if repo_id else folder.name
     base_models = [m for m in (_hub_id(text_cfg.get("_name_or_path")), _hub_id(vision_cfg.get("_name_or_path"))) if m]
@@ -152,10 +183,6 @@ def render_model_card(
 
 
 def write_model_card(checkpoint: str | os.PathLike, **kwargs) -> Path:
-    """Render the card and write it as the checkpoint's ``README.md`` (atomically)."""
+    """Render the card and write it as the checkpoint's ``README.md`` (atomically, via a unique temporary)."""
     text = render_model_card(checkpoint, **kwargs)
-    path = Path(checkpoint) / "README.md"
-    temporary = path.with_name(".README.md.partial")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
-    return path
+    return atomic_write(Path(checkpoint) / "README.md", text)

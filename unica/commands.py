@@ -93,11 +93,11 @@ def run_init(args: argparse.Namespace) -> int:
         overrides["vision_config_overrides"] = vision_overrides
     if args.fusion == "bica":
         overrides["bica_layers"] = args.bica_layers
+    if os.path.exists(args.out) and not args.overwrite:  # before the (slow) model build
+        raise FileExistsError(f"{args.out!r} already exists; pass --overwrite to replace it")
     torch.manual_seed(args.seed)
     text = args.text or default_text_encoder()
     model, processor = init_model(text, args.vision, fusion=args.fusion, **overrides)
-    if os.path.exists(args.out) and not args.overwrite:
-        raise FileExistsError(f"{args.out!r} already exists; pass --overwrite to replace it")
     save_checkpoint(model, processor, args.out, overwrite=args.overwrite)
     logger.info("wrote %s (fusion=%s, pooling=%s, %d image tokens, %.1fM parameters)", args.out,
                 model.config.fusion, model.config.pooling, model.config.num_image_tokens,
