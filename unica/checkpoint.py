@@ -1,20 +1,25 @@
-"""Building and writing UniCA checkpoint folders (what a Hub model repo holds).
+"""Building, writing and loading UniCA checkpoint folders (what a Hub model repo holds).
 
 A folder is written to a temporary sibling and renamed into place only when complete, so a crash
-never leaves a folder that looks like a finished checkpoint.
+never leaves a folder that looks like a finished checkpoint; the next save of the same folder removes
+what a killed save left behind. Loading checks the files first and refuses weights that do not match
+the config, so a damaged or edited checkpoint fails with one clear error instead of loading half-random.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoImageProcessor, AutoTokenizer
 
+from dataset_builders.atomic import TEMPORARY_MARKER, current_umask
 from modeling_unica import VISION_PRESETS, UniCAModel, UniCAProcessor
 from unica.st import write_sentence_transformers_files
 
@@ -68,7 +73,10 @@ def init_model(
     ```
     """
     max_length = config_overrides.pop("max_text_length", None)
-    tokenizer = AutoTokenizer.from_pretrained(text)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(text)
+    except OSError as error:  # transformers turns every Hub / file resolution failure into an OSError
+        raise ValueError(unresolvable_model_message(text, "text encoder", error)) from error
     tokenizer_max = getattr(tokenizer, "model_max_length", 512)
     model = UniCAModel.from_components(text, vision, **config_overrides)
     limit = max_length or min(int(tokenizer_max), 512)
@@ -85,17 +93,52 @@ def init_model(
     return model, build_processor(text, vision, model, tokenizer=tokenizer)
 
 
+def unresolvable_model_message(name: str | os.PathLike, role: str, error: BaseException) -> str:
+    """One line saying that ``name`` (a folder or Hub id) could not be loaded, why, and what to do."""
+    lines = str(error).strip().splitlines()
+    reason = lines[0] if lines else type(error).__name__
+    if Path(name).is_dir():
+        return (f"{role} folder {str(name)!r} could not be loaded ({reason}); pass a folder holding a complete "
+                "model (config.json, weights and tokenizer files)")
+    return (f"{role} {str(name)!r} is neither a local folder nor a Hub id that could be resolved ({reason}); "
+            "pass a local folder holding the model, or go online / unset HF_HUB_OFFLINE to download it")
+
+
+def remove_stale_partials(target: str | os.PathLike) -> list[Path]:
+    """Remove the staging folders a killed :func:`atomic_directory` of ``target`` left beside it.
+
+    Only folders named ``.<target name>.partial-*`` in ``target``'s parent are removed (nothing else,
+    not even files with that prefix); returns them. One writer per target at a time is assumed, as for
+    the rename itself.
+    """
+    target = Path(target)
+    prefix = f".{target.name}{TEMPORARY_MARKER}"
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for entry in sorted(target.parent.iterdir()):
+        if entry.name.startswith(prefix) and entry.is_dir() and not entry.is_symlink():
+            logger.warning("removing %s, left behind by an interrupted save of %s", entry, target)
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 def atomic_directory(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> Path:
     """Run ``write(tmp_dir)`` then move ``tmp_dir`` to ``path``; nothing is left at ``path`` on failure.
 
+    Staging folders of earlier, killed writes of ``path`` are removed first (:func:`remove_stale_partials`).
+    The folder gets the permissions ``mkdir`` would give (0777 less the umask), not ``mkdtemp``'s 0700.
     Raises ``FileExistsError`` if ``path`` exists and ``overwrite`` is False.
     """
     target = Path(path)
     if target.exists() and not overwrite:
         raise FileExistsError(f"output folder {str(target)!r} already exists; pass overwrite=True / --overwrite")
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    remove_stale_partials(target)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}{TEMPORARY_MARKER}", dir=target.parent))
     try:
+        os.chmod(temporary, 0o777 & ~current_umask())
         write(temporary)
         if target.exists():
             backup = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -145,14 +188,92 @@ def save_checkpoint(
     return saved
 
 
-def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> tuple[UniCAModel, UniCAProcessor]:
-    """Load a checkpoint folder's model (eval mode) and processor with this package's classes."""
-    from transformers import AutoModel, AutoProcessor
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def check_checkpoint_files(path: str | os.PathLike) -> Path:
+    """Check that a checkpoint folder's ``config.json`` and ``model.safetensors`` can be loaded; return the folder.
+
+    Raises ``FileNotFoundError`` (no such file) or ``ValueError`` (a damaged file, or pickled weights
+    only: pickles are never loaded, since unpickling can run code), naming the file and what to do.
+    """
+    from safetensors import safe_open
 
     folder = Path(path)
-    if not (folder / "config.json").is_file():
+    config_path = folder / "config.json"
+    if not config_path.is_file():
         raise FileNotFoundError(f"{str(folder)!r} is not a UniCA checkpoint folder (no config.json)")
-    model = AutoModel.from_pretrained(folder)
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{config_path} is not valid JSON ({error}); the checkpoint is damaged: restore config.json or save "
+            "the checkpoint again"
+        ) from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} holds a JSON {type(config).__name__}, not a model config (a JSON object)")
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        pickled = sorted(entry for entry in folder.iterdir() if entry.suffix in PICKLE_SUFFIXES and entry.is_file())
+        if pickled:
+            raise ValueError(
+                f"{pickled[0]} holds pickled weights, which are never loaded (unpickling can run code): the "
+                "checkpoint must have model.safetensors; convert it where you trust the file, e.g. load it with "
+                "transformers and call save_pretrained(folder, safe_serialization=True)"
+            )
+        raise FileNotFoundError(f"{weights} does not exist: a UniCA checkpoint must have model.safetensors")
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            if not list(handle.keys()):
+                raise ValueError("it holds no tensors")
+    except Exception as error:  # safetensors raises several error types for damaged files
+        raise ValueError(
+            f"{weights} is truncated or corrupt ({error}); an interrupted save or copy leaves such files: "
+            "save the checkpoint again or copy it anew"
+        ) from error
+    return folder
+
+
+def load_pretrained_strict(model_class: Any, path: str | os.PathLike, **kwargs: Any) -> Any:
+    """``model_class.from_pretrained(path)`` from ``model.safetensors`` only, refusing any weight mismatch.
+
+    ``from_pretrained`` (not a raw state dict) applies transformers' own key renames (e.g. ViT's), so
+    only real mismatches remain: weights missing from the file, weights of the file the config has no
+    place for (e.g. an edited ``num_hidden_layers``) and shape mismatches raise ``ValueError`` naming
+    a few keys of each, their counts and the folder.
+    """
+    folder = Path(path)
+    model, info = model_class.from_pretrained(
+        folder, output_loading_info=True, use_safetensors=True, ignore_mismatched_sizes=True, **kwargs
+    )
+    problems = []
+    for kind, meaning in (("missing", "the config has them, the file does not"),
+                          ("unexpected", "in the file, with no place in the config"),
+                          ("mismatched", "other shapes than the config's")):
+        keys = sorted(str(key[0] if isinstance(key, tuple) else key) for key in info.get(f"{kind}_keys") or ())
+        if keys:
+            more = ", ..." if len(keys) > 3 else ""
+            problems.append(f"{kind} weights ({len(keys)}): {', '.join(keys[:3])}{more} ({meaning})")
+    problems += [str(message) for message in info.get("error_msgs") or ()]
+    if problems:
+        raise ValueError(
+            f"the weights of {str(folder)!r} do not fit its config.json: " + "; ".join(problems)
+            + "; the config was edited or the weights come from another model: restore the matching "
+            "config.json / model.safetensors pair"
+        )
+    return model
+
+
+def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> tuple[UniCAModel, UniCAProcessor]:
+    """Load a checkpoint folder's model (eval mode) and processor with this package's classes.
+
+    The files are checked first (:func:`check_checkpoint_files`) and the weights must match the config
+    exactly (:func:`load_pretrained_strict`); errors name the file and what to do.
+    """
+    from transformers import AutoModel, AutoProcessor
+
+    folder = check_checkpoint_files(path)
+    model = load_pretrained_strict(AutoModel, folder)
     if not isinstance(model, UniCAModel):
         raise ValueError(f"{str(folder)!r} holds a {type(model).__name__}, not a UniCA model")
     processor = AutoProcessor.from_pretrained(folder)
@@ -178,8 +299,6 @@ def validate_checkpoint(path: str | os.PathLike, require_card: bool = True) -> l
     safetensors weights, no pickled weights, no unfinished staging folders, and (``require_card``)
     a ``README.md`` model card. Raises ``ValueError`` listing every problem found.
     """
-    import json
-
     from safetensors import safe_open
 
     folder = Path(path)
@@ -189,7 +308,7 @@ def validate_checkpoint(path: str | os.PathLike, require_card: bool = True) -> l
     if require_card and not (folder / "README.md").is_file():
         problems.append("missing README.md (render it with `unica card`)")
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    pickled = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+    pickled = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
     if pickled:
         problems.append(f"pickled files are not uploaded, remove them: {pickled[:3]}")
     partial = [f for f in files if ".partial" in f]

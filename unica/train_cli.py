@@ -19,21 +19,29 @@ training:                # every UniCATrainingArguments / TrainingArguments fiel
   hard_negatives: 1
 ```
 
+Numbers and booleans in ``training:`` are checked against the argument's type: ``learning_rate: 5e-5``
+(a string to YAML 1.1) becomes a float, ``max_steps: "10"`` an int, and ``max_steps: ten`` an error.
+
 Run it in one process, or data-parallel with ``torchrun --nproc_per_node 2 -m unica train ...``
 (gloo on CPU; negatives are gathered across processes). ``--resume-from-checkpoint latest`` resumes
-from the newest *complete* ``checkpoint-N`` in ``output_dir``.
+from the newest *complete* ``checkpoint-N`` in ``output_dir`` (one whose ``trainer_state.json`` was
+written to the end).
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import gc
 import inspect
 import json
 import logging
+import math
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -86,6 +94,78 @@ def training_argument_names() -> list[str]:
     return [f.name for f in fields(UniCATrainingArguments) if f.init]
 
 
+@functools.lru_cache(maxsize=1)
+def training_argument_kinds() -> dict[str, tuple[type, bool]]:
+    """``{field: (int | float | bool, None allowed)}`` for the numeric and boolean training arguments.
+
+    Fields of other types (strings, enums, unions with ``str``, lists, dicts) are not in it: their
+    values go to ``UniCATrainingArguments`` unchanged.
+    """
+    from unica.trainer import UniCATrainingArguments
+
+    try:
+        hints = typing.get_type_hints(UniCATrainingArguments)
+    except Exception:  # an annotation transformers cannot resolve here: use the unresolved ones (str = skipped)
+        hints = {f.name: f.type for f in fields(UniCATrainingArguments)}
+    kinds = {}
+    for name, hint in hints.items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        members = typing.get_args(hint) if union else (hint,)
+        concrete = [member for member in members if member is not type(None)]
+        if len(concrete) == 1 and concrete[0] in (int, float, bool):
+            kinds[name] = (concrete[0], len(concrete) < len(members))
+    return kinds
+
+
+_EXPECTED = {int: "an integer (e.g. 10)", float: "a number (e.g. 5e-5)", bool: "true or false"}
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` (int, float or bool); raises ``ValueError`` if it is not one."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise ValueError(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            value = float(text)  # "5e-5", "1e3"; raises ValueError for anything else
+        if kind is float:
+            value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(value)
+    if kind is int and isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    return value
+
+
+def coerce_training_values(section: dict[str, Any], where: str) -> None:
+    """Turn the numeric and boolean values of ``training:`` into their argument's type, in place.
+
+    PyYAML reads ``5e-5`` (no dot) and quoted numbers as strings: a float field accepts any number or
+    numeric string, an int field integers and integral numbers / strings (``"10"``, ``1e3``), a bool
+    field only true / false. Anything else raises ``ValueError`` naming the key, value and type.
+    """
+    kinds = training_argument_kinds()
+    for key, value in section.items():
+        if key not in kinds:
+            continue
+        kind, optional = kinds[key]
+        if value is None and optional:
+            continue
+        try:
+            section[key] = _coerce(value, kind)
+        except ValueError:
+            expected = _EXPECTED[kind] + (" or null" if optional else "")
+            raise ValueError(f"{where}: {key}={value!r} is not {expected}") from None
+
+
 def init_keys() -> list[str]:
     """Every key ``init:`` accepts: the components, the seed and the ``UniCAConfig`` fields."""
     from configuration_unica import UniCAConfig
@@ -132,6 +212,8 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         if not isinstance(section, dict):
             raise ValueError(f"section {name!r} of {str(file)!r} must be a mapping, got {type(section).__name__}")
         _check_keys(section, valid, f"section {name!r} of {str(file)!r}")
+        if name == "training":
+            coerce_training_values(section, f"section 'training' of {str(file)!r}")
     if "model" in config and not isinstance(config["model"], str):
         raise ValueError(f"'model' in {str(file)!r} must be a checkpoint folder path, got {config['model']!r}")
     training = config.get("training") or {}
@@ -248,13 +330,32 @@ def load_model(config: Mapping[str, Any]) -> tuple[Any, Any]:
 
 
 # ---------------------------------------------------------------------- checkpoints
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why a ``checkpoint-N`` folder cannot be resumed from (a missing file, or a ``trainer_state.json``
+    that is not a complete Trainer state, as a save killed while writing it leaves), or None."""
+    folder = Path(folder)
+    missing = [name for name in COMPLETE_CHECKPOINT_FILES if not (folder / name).is_file()]
+    if missing:
+        return f"incomplete (missing {', '.join(missing)})"
+    state_file = folder / "trainer_state.json"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"{state_file} is not readable JSON ({error}); the save that wrote it was interrupted"
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return f"{state_file} is not a Trainer state (no integer global_step)"
+    return None
+
+
 def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
-    """Whether a ``checkpoint-N`` folder holds everything the Trainer writes (trainer_state.json comes last)."""
-    return all((Path(folder) / name).is_file() for name in COMPLETE_CHECKPOINT_FILES)
+    """Whether a ``checkpoint-N`` folder holds everything the Trainer writes (trainer_state.json comes last)
+    and its ``trainer_state.json`` was written to the end."""
+    return checkpoint_problem(folder) is None
 
 
 def find_last_checkpoint(output_dir: str | os.PathLike) -> Path:
-    """The newest complete ``checkpoint-N`` in ``output_dir``; incomplete ones (a crash mid-save) are skipped.
+    """The newest complete ``checkpoint-N`` in ``output_dir``; incomplete ones (a crash mid-save: missing
+    files or a truncated ``trainer_state.json``) are skipped with a warning.
 
     Example:
         >>> find_last_checkpoint("runs/scenes").name
@@ -268,9 +369,10 @@ def find_last_checkpoint(output_dir: str | os.PathLike) -> Path:
             if match and entry.is_dir():
                 candidates.append((int(match.group(1)), entry))
     for _, entry in sorted(candidates, reverse=True):
-        if is_complete_checkpoint(entry):
+        problem = checkpoint_problem(entry)
+        if problem is None:
             return entry
-        logger.warning("skipping %s: incomplete (missing one of %s)", entry, ", ".join(COMPLETE_CHECKPOINT_FILES))
+        logger.warning("skipping %s: %s; trying an older checkpoint", entry, problem)
     raise FileNotFoundError(f"no complete checkpoint-N folder in {str(folder)!r} to resume from")
 
 
@@ -281,8 +383,12 @@ def _resolve_resume(value: str | None, output_dir: str) -> str | None:
         return str(find_last_checkpoint(output_dir))
     if not Path(value).is_dir():
         raise FileNotFoundError(f"--resume-from-checkpoint {value!r} is not a folder (or use 'latest')")
-    if not is_complete_checkpoint(value):
-        raise ValueError(f"{value!r} is not a complete training checkpoint (needs {', '.join(COMPLETE_CHECKPOINT_FILES)})")
+    problem = checkpoint_problem(value)
+    if problem is not None:
+        raise ValueError(
+            f"{value!r} is not a complete training checkpoint: {problem}; resume from another checkpoint-N "
+            "(or 'latest', which skips incomplete ones)"
+        )
     return value
 
 

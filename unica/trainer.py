@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from transformers import Trainer, TrainingArguments
 
 from modeling_unica import UniCAModel
-from unica.checkpoint import save_checkpoint
+from unica.checkpoint import check_checkpoint_files, load_pretrained_strict, save_checkpoint
 from unica.collator import RetrievalCollator
 from unica.distributed import is_distributed
 from unica.grad_cache import cached_retrieval_loss
@@ -63,6 +63,8 @@ LORA_ADAPTER_DIR = "lora_adapter"
 PEFT_KEY_PREFIX = "base_model.model."
 LOSS_STATE_FILE = "unica_loss.safetensors"
 IMAGE_COLUMNS = ("query_image", "pos_image", "neg_image")
+# Prefix of the staging folder a save into an existing folder fills first (inside that folder).
+STAGING_PREFIX = ".unica-save-"
 
 
 @dataclass
@@ -144,6 +146,7 @@ class UniCATrainingArguments(TrainingArguments):
             raise ValueError(f"psl_variant must be one of {PSL_VARIANTS}, got {self.psl_variant!r}")
         if not (_is_number(self.psl_margin) and -1.0 <= self.psl_margin <= 1.0):
             raise ValueError(f"psl_margin is a target cosine and must be in [-1, 1], got {self.psl_margin!r}")
+        self._validate_steps()
         if not _is_int(self.hard_negatives) or self.hard_negatives < 0:
             raise ValueError(f"hard_negatives must be an integer >= 0, got {self.hard_negatives!r}")
         if self.cache_chunk_size is not None and (not _is_int(self.cache_chunk_size) or self.cache_chunk_size < 1):
@@ -170,6 +173,31 @@ class UniCATrainingArguments(TrainingArguments):
             raise ValueError(
                 "remove_unused_columns=True would drop every column of the training rows (they are not model "
                 "arguments); leave it False"
+            )
+
+    def _validate_steps(self) -> None:
+        """Refuse settings that would train zero steps (transformers would "train" them and exit cleanly).
+
+        ``max_steps`` > 0 trains that many steps; -1 trains ``num_train_epochs`` epochs (transformers reads
+        every negative value so, but only -1 is documented); 0 trains none.
+        """
+        steps, epochs = self.max_steps, self.num_train_epochs
+        if not _is_number(epochs):
+            raise ValueError(f"num_train_epochs must be a number, got {epochs!r}")
+        if not _is_int(steps) or steps < -1:
+            raise ValueError(
+                f"max_steps={steps!r} is not a number of steps: set max_steps to a positive number of optimizer "
+                f"steps, or to -1 to train for num_train_epochs (now {epochs!r})"
+            )
+        if steps == 0:
+            raise ValueError(
+                f"max_steps=0 trains zero steps: set max_steps to a positive number of optimizer steps, or to -1 "
+                f"to train for num_train_epochs (now {epochs!r})"
+            )
+        if steps == -1 and not epochs > 0:
+            raise ValueError(
+                f"num_train_epochs={epochs!r} with max_steps=-1 (train for num_train_epochs) trains zero steps: "
+                "set num_train_epochs > 0, or max_steps to a positive number of optimizer steps"
             )
 
     def loss_module(self) -> RetrievalLoss:
@@ -393,6 +421,42 @@ class UniCATrainer(Trainer):
             trainable / 1e6, sum(p.numel() for p in model.parameters()) / 1e6, args.freeze, args.lora_r,
         )
 
+    # ------------------------------------------------------------------ training
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train`` after checking that one batch fits in the training data."""
+        self._check_batch_fits_data()
+        return super().train(*args, **kwargs)
+
+    def _check_batch_fits_data(self) -> None:
+        """Refuse a batch (per device x processes) larger than the training data.
+
+        The dataloader keeps partial batches (``dataloader_drop_last=False``, the default), so such a run
+        would train on smaller batches than configured (fewer in-batch negatives; with several processes
+        the sampler repeats rows, which become false negatives); with ``dataloader_drop_last`` every batch
+        is dropped and nothing trains. Either way the configuration is wrong.
+        """
+        from transformers.trainer_utils import has_length
+
+        dataset = self.train_dataset
+        if dataset is None or not has_length(dataset):
+            return
+        rows, world = len(dataset), max(1, self.args.world_size)
+        per_process = self._train_batch_size
+        if per_process * world <= rows:
+            return
+        processes = f" x {world} processes" if world > 1 else ""
+        consequence = (
+            "with dataloader_drop_last=True every batch is dropped and nothing would train"
+            if self.args.dataloader_drop_last
+            else "every batch would be smaller than configured (fewer in-batch negatives)"
+        )
+        fix = f"set it to at most {rows // world}" if rows // world else "use fewer processes"
+        raise ValueError(
+            f"per_device_train_batch_size={self.args.per_device_train_batch_size}{processes} asks for "
+            f"{per_process * world} rows per batch, but there are only {rows} training rows: {consequence}; "
+            f"{fix} or add training rows"
+        )
+
     # ------------------------------------------------------------------ loss
     def _pad_token_id(self) -> int:
         tokenizer = getattr(self.processing_class, "tokenizer", None)
@@ -585,7 +649,12 @@ class UniCATrainer(Trainer):
             save_checkpoint(export, processor, target, extra_writers=writers)
             return
         # An existing folder may hold other things (checkpoint-N, logs): fill it without replacing it.
-        staging = Path(tempfile.mkdtemp(prefix=".unica-save-", dir=target))
+        # A save killed before its cleanup leaves its staging folder behind: remove those first.
+        for entry in sorted(target.iterdir()):
+            if entry.name.startswith(STAGING_PREFIX) and entry.is_dir() and not entry.is_symlink():
+                logger.warning("removing %s, left behind by an interrupted save", entry)
+                shutil.rmtree(entry, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target))
         try:
             complete = save_checkpoint(export, processor, staging / "checkpoint", extra_writers=writers)
             (target / "config.json").unlink(missing_ok=True)
@@ -621,7 +690,8 @@ class UniCATrainer(Trainer):
         """Load the weights of a ``checkpoint-N`` folder into the model being trained.
 
         Loaded through ``from_pretrained`` (not a raw state dict): transformers renames some towers' keys
-        on save and back on load (e.g. ViT), so the file's names are not the live module's. With LoRA,
+        on save and back on load (e.g. ViT), so the file's names are not the live module's. Any weight
+        that does not fit the checkpoint's own config is an error (:func:`load_pretrained_strict`). With LoRA,
         the adapters come from ``lora_adapter/`` and the frozen base weights of LoRA layers stay those
         the model was built with (as peft resumes).
         """
@@ -629,7 +699,8 @@ class UniCATrainer(Trainer):
         unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
         if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
             raise ValueError(f"{str(folder)!r} is not a UniCA training checkpoint (needs config.json and model.safetensors)")
-        saved = type(unwrapped).from_pretrained(folder).state_dict()
+        check_checkpoint_files(folder)
+        saved = load_pretrained_strict(type(unwrapped), folder).state_dict()
         live = unwrapped.state_dict()
         lora = _has_lora(unwrapped)
         if lora:
