@@ -555,6 +555,12 @@ def write_remote_code(save_directory: str | os.PathLike) -> None:
 
 
 # ---------------------------------------------------------------------- component loading
+def _first_line(error: BaseException) -> str:
+    """An exception's first line: transformers' loading errors run over several lines, our errors are one."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 def _load_text_encoder(text: str | os.PathLike) -> PreTrainedModel:
     try:
         return AutoModel.from_pretrained(text, add_pooling_layer=False)
@@ -563,7 +569,7 @@ def _load_text_encoder(text: str | os.PathLike) -> PreTrainedModel:
     except OSError as error:
         raise ValueError(
             f"text={str(text)!r} is neither a local model folder nor a Hub id that could be loaded "
-            f"({error}); pass the folder of a BERT-family encoder, e.g. an all-MiniLM-L6-v2 download"
+            f"({_first_line(error)}); pass the folder of a BERT-family encoder, e.g. an all-MiniLM-L6-v2 download"
         ) from error
 
 
@@ -579,7 +585,7 @@ def _load_vision_tower(vision: str | os.PathLike, overrides: dict | None) -> Pre
     except OSError as error:
         raise ValueError(
             f"vision={str(vision)!r} is not a preset ({', '.join(VISION_PRESETS)}), a local folder or a loadable "
-            f"Hub id ({error})"
+            f"Hub id ({_first_line(error)})"
         ) from error
     # A full CLIP / SigLIP checkpoint holds a text tower too: take its vision model class only.
     vision_config = getattr(config, "vision_config", config)

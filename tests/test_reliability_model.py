@@ -115,3 +115,10 @@ def test_checkpoint_save_killed_at_random_points_never_leaves_a_loadable_half(mi
             assert torch.equal(model(**processor(text=["a red circle"], images=[Image.new("RGB", (32, 32), "red")])).embeddings, reference)
     partial = [p.name for p in tmp_path.iterdir() if ".partial-" in p.name]
     assert len(partial) <= 2 and all(name.startswith(".saved-") for name in partial)  # one per kill at most
+
+
+def test_an_unloadable_vision_tower_is_one_line(minilm_path, tmp_path, caplog):
+    code = unica_main(["init", str(tmp_path / "m"), "--text", minilm_path, "--vision", "unica-tests/no-such-tower"])
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert code == 1 and len(errors) == 1 and "\n" not in errors[0], errors
+    assert "vision='unica-tests/no-such-tower' is not a preset" in errors[0]
