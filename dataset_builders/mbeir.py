@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
@@ -31,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from .jsonl import iter_json_objects
+from .jsonl import check_object_lines, iter_json_objects
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ MBEIR_TASKS: dict[int, tuple[str, str]] = {
 TASK_BY_MODALITIES: dict[tuple[str, str], int] = {value: key for key, value in MBEIR_TASKS.items()}
 MODALITIES = ("text", "image", "image,text")
 
+# int() also takes other scripts' digits ("²" passes str.isdigit and fails int): ids and numbers are ASCII here.
+_ASCII_DIGITS = re.compile(r"^[0-9]+$")
+_ASCII_INTEGER = re.compile(r"^-?[0-9]+$")
+
 QUERY_SCHEMA = pa.schema(
     [
         ("qid", pa.string()),
@@ -92,7 +97,7 @@ def task_name(task_id: int) -> str:
 def source_name(record_id: str) -> str:
     """The source dataset of a qid / did: ``source_name("2:15") == "WebQA"``; unknown prefixes stay numeric."""
     prefix = record_id.split(":", 1)[0]
-    return DATASET_NAMES.get(int(prefix), f"dataset{prefix}") if prefix.isdigit() else prefix
+    return DATASET_NAMES.get(int(prefix), f"dataset{prefix}") if _ASCII_DIGITS.match(prefix) else prefix
 
 
 # --------------------------------------------------------------------------------------------- JSONL
@@ -146,12 +151,14 @@ def read_jsonl_table(path: str | Path, schema: pa.Schema, required: Iterable[str
         raise FileNotFoundError(f"{path} does not exist; check the M-BEIR root and file name")
     if path.stat().st_size == 0:
         return schema.empty_table()
+    check_object_lines(path)
     try:
         table = pa_json.read_json(
             path,
             read_options=pa_json.ReadOptions(block_size=8 << 20),
             parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
         )
+        table.validate(full=True)  # Arrow's JSON reader keeps invalid UTF-8 in strings; this finds it
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         raise _explain_parse_error(path, schema, error) from error
     table = table.select(schema.names)
@@ -170,6 +177,7 @@ def iter_jsonl_batches(path: str | Path, schema: pa.Schema, block_size: int = 16
         raise FileNotFoundError(f"{path} does not exist; check the M-BEIR root and file name")
     if path.stat().st_size == 0:
         return
+    check_object_lines(path)
     try:
         reader = pa_json.open_json(
             path,
@@ -177,6 +185,7 @@ def iter_jsonl_batches(path: str | Path, schema: pa.Schema, block_size: int = 16
             parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
         )
         for batch in reader:
+            batch.validate(full=True)  # invalid UTF-8 in strings (see read_jsonl_table)
             yield batch.select(schema.names) if hasattr(batch, "select") else batch
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         raise _explain_parse_error(path, schema, error) from error
@@ -335,12 +344,16 @@ def read_qrels(path: str | Path) -> list[tuple[str, str, int, int]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; check the M-BEIR root and file name")
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}:{line_number}: not UTF-8 text ({error.reason}); qrels must be UTF-8") from None
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 5 or not parts[3].lstrip("-").isdigit() or not parts[4].isdigit():
+            if len(parts) != 5 or not _ASCII_INTEGER.match(parts[3]) or not _ASCII_DIGITS.match(parts[4]):
                 raise ValueError(f"{path}:{line_number}: expected 'qid 0 did relevance task_id', got {line.strip()!r}")
             rows.append((parts[0], parts[2], int(parts[3]), int(parts[4])))
     return rows

@@ -209,3 +209,61 @@ def test_push_dataset_offline_is_one_clear_line(tmp_path, monkeypatch, caplog):
         push_dataset(tmp_path / "eval", "my-org/set")
     assert unica_main(["push-dataset", str(tmp_path / "eval"), "--repo-id", "my-org/set"]) == 1
     assert "HF_HUB_OFFLINE" in caplog.text and "Traceback" not in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ reader edge cases (found by fuzzing)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'null\n{"did": "2:1"}\n', r"jsonl:1: expected a JSON object per line, got 'null'"),  # segfaulted pyarrow
+        (b'{"did": "2:1"}\nnull\n', r"jsonl:2: expected a JSON object per line, got 'null'"),  # was a row of nulls
+        (b'{"did": "2:1"}\n  7\n', r"jsonl:2: expected a JSON object per line, got '7'"),
+        (b'{"did": "2:1"}\n{"did": "2:\xff"}\n', r"jsonl:2: not UTF-8 text"),
+    ],
+    ids=["null-first", "null-later", "number", "bad-utf8"],
+)
+def test_jsonl_lines_that_are_not_objects_name_file_and_line(tmp_path, content, message):
+    from dataset_builders.mbeir import CANDIDATE_SCHEMA, iter_jsonl_batches, read_jsonl_table
+
+    path = tmp_path / "pool.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        read_jsonl_table(path, CANDIDATE_SCHEMA)
+    with pytest.raises(ValueError, match=message):
+        list(iter_jsonl_batches(path, CANDIDATE_SCHEMA))
+
+
+def test_blank_and_indented_lines_are_still_read(tmp_path):
+    from dataset_builders.mbeir import CANDIDATE_SCHEMA, read_jsonl_table
+
+    path = tmp_path / "pool.jsonl"
+    path.write_bytes(b'  {"did": "2:1"}\n\n\t\n{"did": "2:2"}\r\n')
+    assert read_jsonl_table(path, CANDIDATE_SCHEMA).column("did").to_pylist() == ["2:1", "2:2"]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("2:1 0 2:1 ² 0", "expected 'qid 0 did relevance task_id'"),
+        ("2:1 0 2:1 --5 0", "expected 'qid 0 did relevance task_id'"),
+        ("2:1 0 2:1 1 ³", "expected 'qid 0 did relevance task_id'"),
+    ],
+)
+def test_qrels_numbers_must_be_ascii_integers(tmp_path, line, message):
+    from dataset_builders.mbeir import read_qrels
+
+    path = tmp_path / "qrels.txt"
+    path.write_text(line + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"qrels\.txt:1: {message}"):
+        read_qrels(path)
+    path.write_bytes(b"2:1 0 2:1 1 0\n2:\xff 0 2:1 1 0\n")
+    with pytest.raises(ValueError, match=r"qrels\.txt:2: not UTF-8 text"):
+        read_qrels(path)
+
+
+def test_source_name_of_a_non_ascii_digit_prefix():
+    from dataset_builders.mbeir import source_name
+
+    assert source_name("²:1") == "²" and source_name("2:15") == "WebQA" and source_name("42:1") == "dataset42"
