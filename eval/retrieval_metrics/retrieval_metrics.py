@@ -91,7 +91,7 @@ class RetrievalMetrics(evaluate.Metric):
         return compute_ranking_metrics(
             predictions,
             references,
-            k_values=list(k_values) if not isinstance(k_values, int) else [k_values],
+            k_values=k_values,  # checked there (an int, or a list of positive ints)
             reference_grades=reference_grades,
             metrics=metrics,
             no_relevant=no_relevant,
