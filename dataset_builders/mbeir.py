@@ -106,7 +106,7 @@ def source_name(record_id: str) -> str:
 def _line_of_row(path: Path, row_index: int) -> int:
     """1-based line number of the ``row_index``-th non-blank line (Arrow's reader skips blank lines)."""
     seen = -1
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:  # bytes: a line that is not UTF-8 is still counted, not an error here
         for line_number, line in enumerate(handle, start=1):
             if line.strip():
                 seen += 1

@@ -210,10 +210,20 @@ def drop_missing_images(
 def _side(candidate: dict | None, root: Path, embed: bool) -> tuple[str, str, str, dict | None]:
     if candidate is None:
         return "", "", "", None
+    record = f"candidate {candidate['did']!r}"
     image = None
     if candidate.get("img_path"):
-        image = image_value(resolve_image_path(root, candidate["img_path"], f"candidate {candidate['did']!r}"), embed)
-    return candidate["did"], candidate.get("modality") or "", candidate.get("txt") or "", image
+        image = image_value(resolve_image_path(root, candidate["img_path"], record), embed)
+    text = candidate.get("txt") or ""
+    _check_not_empty(text, image, record)
+    return candidate["did"], candidate.get("modality") or "", text, image
+
+
+def _check_not_empty(text: str, image: dict | None, record: str) -> None:
+    """A record needs a non-blank text or an image: the model refuses an empty item (one vector for all)."""
+    if image is None and not text.strip():
+        raise ValueError(f"{record} has neither an image nor any text (txt is empty or whitespace only); "
+                         "fix or remove the record")
 
 
 def training_rows(
@@ -262,14 +272,14 @@ def query_rows(queries: Iterable[dict], root: Path, embed_images: bool = True) -
 
 def _query_fields(query: dict, root: Path, embed_images: bool) -> dict:
     """The query columns shared by training and evaluation rows."""
-    image_path = query.get("query_img_path")
+    image_path, record = query.get("query_img_path"), f"query {query['qid']!r}"
+    image = image_value(resolve_image_path(root, image_path, record), embed_images) if image_path else None
+    text = query.get("query_txt") or ""
+    _check_not_empty(text, image, record)
     return {
         "qid": query["qid"],
         "task_id": int(query["task_id"]),
         "query_modality": query.get("query_modality") or "",
-        "query_text": query.get("query_txt") or "",
-        "query_image": (
-            image_value(resolve_image_path(root, image_path, f"query {query['qid']!r}"), embed_images)
-            if image_path else None
-        ),
+        "query_text": text,
+        "query_image": image,
     }

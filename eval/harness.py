@@ -94,7 +94,7 @@ class RetrievalTask:
 
 def row_item(text: str | None, image: Any) -> Any:
     """A processor item from a row's text and (decoded) image: str, image or {"text", "image"}."""
-    text = text or ""
+    text = text if text and text.strip() else ""  # whitespace-only is no text (the processor refuses it alone)
     if image is not None and text:
         return {"text": text, "image": image}
     if image is not None:

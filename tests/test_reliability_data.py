@@ -267,3 +267,28 @@ def test_source_name_of_a_non_ascii_digit_prefix():
     from dataset_builders.mbeir import source_name
 
     assert source_name("²:1") == "²" and source_name("2:15") == "WebQA" and source_name("42:1") == "dataset42"
+
+
+@pytest.mark.parametrize("blank", [None, "", "   "])
+def test_records_with_neither_text_nor_image_are_refused_at_build(tmp_path, blank):
+    root = _image_root(tmp_path, ["mbeir_images/1.png"])
+    pool = [{"did": "2:1", "txt": None, "img_path": "mbeir_images/1.png", "modality": "image"},
+            {"did": "2:2", "txt": blank, "img_path": None, "modality": "text"}]
+    _write_jsonl(root / "cand_pool/local/mbeir_webqa_task0_cand_pool.jsonl", pool)
+    with pytest.raises(ValueError, match=r"candidate '2:2' has neither an image nor any text"):
+        build_evaluation_sets(root, tmp_path / "out", dataset="webqa", tasks=(0,))
+    query = {"qid": "2:1", "query_txt": blank, "query_img_path": None, "query_modality": "text",
+             "pos_cand_list": ["2:1"], "neg_cand_list": [], "task_id": 0}
+    _write_jsonl(root / "query/train/mbeir_webqa_train.jsonl", [query])
+    with pytest.raises(ValueError, match=r"query '2:1' has neither an image nor any text"):
+        build_umr_s10(root, tmp_path / "out", fraction=1.0, min_per_stratum=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_harness_rows_treat_whitespace_text_as_no_text():
+    from eval.harness import row_item
+
+    image = Image.new("RGB", (8, 8))
+    assert row_item("  \n", image) is image and row_item(" a ", None) == " a "
+    with pytest.raises(ValueError, match="neither text nor image"):
+        row_item("   ", None)
