@@ -122,3 +122,20 @@ def test_an_unloadable_vision_tower_is_one_line(minilm_path, tmp_path, caplog):
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert code == 1 and len(errors) == 1 and "\n" not in errors[0], errors
     assert "vision='unica-tests/no-such-tower' is not a preset" in errors[0]
+
+
+def test_sentence_transformers_encodes_data_uri_images(tiny_checkpoint, tmp_path):
+    import base64
+    import io
+
+    from sentence_transformers import SentenceTransformer
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(buffer, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    path = tmp_path / "red.png"
+    path.write_bytes(buffer.getvalue())
+    model = SentenceTransformer(str(tiny_checkpoint), trust_remote_code=True)
+    by_uri = model.encode([uri, {"text": "a red square", "image": uri}])
+    by_file = model.encode([str(path), {"text": "a red square", "image": str(path)}])
+    assert np.allclose(by_uri, by_file, atol=1e-6)

@@ -33,9 +33,15 @@ MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_mask")
 ITEM_KEYS = {"text", "image"}
 
 
+def _is_data_uri(value: str) -> bool:
+    return value[:5].lower() == "data:"
+
+
 def _as_item(value: Any, index: int) -> Any:
     """Turn one sentence-transformers input into a UniCA processor item, with an error naming the index."""
     if isinstance(value, str):
+        if _is_data_uri(value):  # an inline image: the processor decodes it
+            return {"image": value}
         if is_image_url_or_path(value):
             if os.path.isfile(value):
                 return pathlib.Path(value)
@@ -47,7 +53,7 @@ def _as_item(value: Any, index: int) -> Any:
         if unknown or not value:
             raise ValueError(f"input {index}: dict inputs take 'text' and/or 'image', got keys {sorted(value)}")
         item = dict(value)
-        if isinstance(item.get("image"), str):
+        if isinstance(item.get("image"), str) and not _is_data_uri(item["image"]):
             if not os.path.isfile(item["image"]):
                 raise FileNotFoundError(f"input {index}: image file {item['image']!r} does not exist")
             item["image"] = pathlib.Path(item["image"])
