@@ -15,14 +15,15 @@ from unica.cli import main as cli
 FIXTURE = Path(__file__).parent / "fixtures" / "scenes"
 
 
-def _config(tmp_path: Path) -> Path:
+def ablation_config(tmp_path: Path, max_steps: int = 2, **changes) -> Path:
+    """A tiny ablation YAML on the scenes fixture; ``section__key=value`` changes one setting."""
     config = {
         "train": {
             "init": {"text": "default", "vision": "vit-micro", "bica_layers": 1,
                      "vision_config_overrides": {"image_size": 32, "patch_size": 8, "num_hidden_layers": 1}},
             "data": {"builder": "scenes", "root": str(FIXTURE), "num_scenes": 600, "image_size": 64, "seed": 0,
                      "max_rows": 16},
-            "training": {"output_dir": str(tmp_path / "ignored"), "max_steps": 2, "per_device_train_batch_size": 4,
+            "training": {"output_dir": str(tmp_path / "ignored"), "max_steps": max_steps, "per_device_train_batch_size": 4,
                          "learning_rate": 1e-4, "temperature": 0.05, "hard_negatives": 1,
                          "dataloader_pin_memory": False},
         },
@@ -31,6 +32,9 @@ def _config(tmp_path: Path) -> Path:
         "evaluation": {"tasks": ["task2"], "metrics": ["hit@5", "mrr@1"], "num_resamples": 200,
                        "scenes_tasks": [2]},
     }
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        config[section][key] = value
     path = tmp_path / "ablation.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -38,7 +42,7 @@ def _config(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_ablation_grid_tables_and_resume(tmp_path):
-    config_path = _config(tmp_path)
+    config_path = ablation_config(tmp_path)
     out = tmp_path / "ablation"
     summary = run_ablation(load_ablation_config(config_path), out)
     cells = summary["tasks"]["task2"]["cells"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from test_ablation import ablation_config
 
 from dataset_builders.atomic import TEMPORARY_MARKER
 from eval.ablation import load_ablation_config
@@ -239,27 +239,7 @@ def test_evaluate_rejects_bad_cutoffs_before_encoding(tiny_checkpoint, eval_set,
 
 
 def _ablation_config(tmp_path: Path, **changes) -> Path:
-    config = {
-        "train": {
-            "init": {"text": "default", "vision": "vit-micro", "bica_layers": 1,
-                     "vision_config_overrides": {"image_size": 32, "patch_size": 8, "num_hidden_layers": 1}},
-            "data": {"builder": "scenes", "root": str(FIXTURE), "num_scenes": 600, "image_size": 64, "seed": 0,
-                     "max_rows": 16},
-            "training": {"output_dir": str(tmp_path / "ignored"), "max_steps": 1, "per_device_train_batch_size": 4,
-                         "learning_rate": 1e-4, "temperature": 0.05, "hard_negatives": 1,
-                         "dataloader_pin_memory": False},
-        },
-        "grid": {"fusion": ["concat", "bica"], "psl_weight": [0.0, 0.5], "learning_rate": [1e-4], "seed": [0]},
-        "baseline": {"fusion": "concat", "psl_weight": 0.0},
-        "evaluation": {"tasks": ["task2"], "metrics": ["hit@5", "mrr@1"], "num_resamples": 200,
-                       "scenes_tasks": [2]},
-    }
-    for dotted, value in changes.items():
-        section, key = dotted.split("__")
-        config[section][key] = value
-    path = tmp_path / "ablation.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return ablation_config(tmp_path, max_steps=1, **changes)
 
 
 @pytest.mark.parametrize("changes, fragments", [

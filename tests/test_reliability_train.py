@@ -220,18 +220,13 @@ def test_trainer_save_into_an_existing_folder_removes_stale_staging(tmp_path, ti
 # ---------------------------------------------------------------------- 6. folder permissions
 def test_checkpoint_folders_follow_the_umask(tmp_path, tiny_text_path) -> None:
     model, processor = tiny_model(tiny_text_path)
-    previous = os.umask(0o022)
-    try:
-        folder = save_checkpoint(model, processor, tmp_path / "shared")
-    finally:
-        os.umask(previous)
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
-    previous = os.umask(0o027)
-    try:
-        folder = save_checkpoint(model, processor, tmp_path / "group")
-    finally:
-        os.umask(previous)
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o750
+    for umask, expected in ((0o022, 0o755), (0o027, 0o750)):
+        previous = os.umask(umask)
+        try:
+            folder = save_checkpoint(model, processor, tmp_path / f"umask-{umask:o}")
+        finally:
+            os.umask(previous)
+        assert stat.S_IMODE(folder.stat().st_mode) == expected
 
 
 # ---------------------------------------------------------------------- 7. strict weight loading
