@@ -36,7 +36,9 @@ def _add_common(parser: argparse.ArgumentParser, mbeir: bool = True) -> None:
     if mbeir:
         parser.add_argument("--mbeir-root", required=True, type=Path, help="folder of M-BEIR-format data")
         parser.add_argument(
-            "--skip-missing", action="store_true", help="drop records whose image file is missing (and report them)"
+            "--skip-missing", action="store_true",
+            help="drop records whose image file is missing or unreadable (and report them); a path outside "
+            "--mbeir-root is always an error"
         )
 
 
