@@ -30,5 +30,5 @@ setup(
     include_package_data=True,
     install_requires=BASE,
     extras_require={"train": TRAIN, "st": ST, "eval": EVAL, "dev": DEV},
-    entry_points={"console_scripts": ["unica=unica.cli:main"]},
+    entry_points={"console_scripts": ["unica=unica.apps.cli:main"]},
 )

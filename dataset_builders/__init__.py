@@ -2,10 +2,10 @@
 
 Everything exports to Parquet with a dataset card, so ``datasets.load_dataset(folder)`` reads it.
 See the modules: :mod:`.mbeir`, :mod:`.umr`, :mod:`.evaluation`, :mod:`.scenes`, :mod:`.openclipart`,
-:mod:`.export`, :mod:`.hub`, :mod:`.cli`.
+:mod:`.export`, :mod:`.jsonl`, :mod:`.atomic`. Data only: no model, no upload (the ``unica
+build-dataset`` / ``push-dataset`` commands live in :mod:`unica.apps`).
 
-Names are imported lazily, so ``unica --help`` (which imports :mod:`.cli`) needs neither ``datasets``
-nor ``pyarrow``.
+Names are imported lazily, so importing the package needs neither ``datasets`` nor ``pyarrow``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _EXPORTS = {
     "generate_scenes": "scenes",
     "load_scenes": "scenes",
     "build_openclipart": "openclipart",
-    "push_dataset": "hub",
+    "validate_export": "export",
 }
 __all__ = sorted(_EXPORTS)
 

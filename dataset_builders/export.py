@@ -306,3 +306,32 @@ def read_card_metadata(folder: str | Path) -> dict:
         return {}
     header = text[4 : text.index("\n---", 4)]
     return yaml.safe_load(header) or {}
+
+
+def validate_export(folder: str | Path) -> list[str]:
+    """Check that ``folder`` is a complete export; return the files an upload would send (sorted, relative).
+
+    Complete: a ``README.md`` whose YAML ``configs`` point at Parquet files that exist, and no leftover
+    staging folders or stray files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{str(folder)!r} is not a folder; pass the --out folder of build-dataset")
+    if folder.name.startswith(".") and ".partial-" in folder.name:
+        raise ValueError(f"{folder} is an unfinished export (a staging folder); build it again")
+    metadata = read_card_metadata(folder)
+    if not metadata.get("configs"):
+        raise ValueError(
+            f"{folder / COMPLETE_MARKER} is missing or has no YAML 'configs'; is {folder} a build-dataset output "
+            "(an M-BEIR root must be exported first, e.g. build-dataset umr-s10)?"
+        )
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    for config in metadata["configs"]:
+        for data_file in config.get("data_files", []):
+            pattern = data_file["path"]
+            if not list(folder.glob(pattern)):
+                raise ValueError(f"{folder}: config {config['config_name']!r} names {pattern!r} but no file matches it")
+    stray = [f for f in files if f != COMPLETE_MARKER and not (f.startswith("data/") and f.endswith(".parquet"))]
+    if stray:
+        raise ValueError(f"{folder} holds files that are not part of the export, e.g. {stray[:3]}; remove them")
+    return files

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from eval.ablation import load_ablation_config, run_ablation
-from unica.cli import main as cli
+from unica.apps.ablation import load_ablation_config, run_ablation
+from unica.apps.cli import main as cli
 
 FIXTURE = Path(__file__).parent / "fixtures" / "scenes"
 

@@ -9,9 +9,9 @@ import shutil
 import pytest
 import yaml
 
+from unica.apps.cli import main as cli
 from unica.card import render_model_card
 from unica.checkpoint import validate_checkpoint
-from unica.cli import main as cli
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import TINY_VIT, make_image
 
+from unica.apps.cli import main as cli
 from unica.checkpoint import REQUIRED_FILES, atomic_directory, load_checkpoint, save_checkpoint
-from unica.cli import main as cli
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from dataset_builders.evaluation import build_evaluation_sets
-from dataset_builders.export import read_card_metadata, staging_folder
-from dataset_builders.hub import push_dataset, validate_export
+from dataset_builders.export import read_card_metadata, staging_folder, validate_export
 from dataset_builders.mbeir import MBEIR_TASKS, QUERY_SCHEMA, read_jsonl_table, read_queries
 from dataset_builders.openclipart import build_openclipart
 from dataset_builders.rows import CANDIDATE_FEATURES, TRAINING_FEATURES
 from dataset_builders.umr import UMRS10, build_umr_s10, stratified_sample, stratum_sizes
-from unica.cli import main as unica_main
+from unica.apps.cli import main as unica_main
+from unica.apps.hub import push_dataset
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SCENES = FIXTURES / "scenes"

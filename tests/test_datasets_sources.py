@@ -14,7 +14,7 @@ from dataset_builders.mbeir import CANDIDATE_SCHEMA, QUERY_SCHEMA, read_jsonl_ta
 from dataset_builders.openclipart import build_openclipart, parse_svg_metadata, scan_openclipart, split_of
 from dataset_builders.rows import TRAINING_FEATURES
 from dataset_builders.scenes import COLOURS, POSITIONS, generate_scenes, load_scenes
-from unica.cli import main as unica_main
+from unica.apps.cli import main as unica_main
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SCENES = FIXTURES / "scenes"

@@ -14,8 +14,8 @@ import torch
 from eval.cache import EmbeddingCache
 from eval.harness import evaluate_checkpoint, load_retrieval_tasks
 from eval.metrics import compute_ranking_metrics
+from unica.apps.cli import main as cli
 from unica.checkpoint import load_checkpoint, save_checkpoint
-from unica.cli import main as cli
 from unica.encoding import encode_items
 
 FIXTURE = Path(__file__).parent / "fixtures" / "scenes"

@@ -20,9 +20,10 @@ import pytest
 from PIL import Image
 
 from dataset_builders.evaluation import build_evaluation_sets
-from dataset_builders.hub import push_dataset, validate_export
+from dataset_builders.export import validate_export
 from dataset_builders.umr import build_umr_s10
-from unica.cli import main as unica_main
+from unica.apps.cli import main as unica_main
+from unica.apps.hub import push_dataset
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SCENE_PNG = FIXTURES / "scenes/mbeir_images/scenes_images/000000.png"

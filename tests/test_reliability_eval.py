@@ -17,10 +17,10 @@ import pytest
 from test_ablation import ablation_config
 
 from dataset_builders.atomic import TEMPORARY_MARKER
-from eval.ablation import load_ablation_config
 from eval.cache import EmbeddingCache, combine_fingerprints, fingerprint_model_dir, fingerprint_records
+from unica.apps.ablation import load_ablation_config
+from unica.apps.cli import main as cli
 from unica.card import render_model_card
-from unica.cli import main as cli
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "scenes"

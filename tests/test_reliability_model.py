@@ -9,8 +9,8 @@ from conftest import TINY_VIT
 from PIL import Image
 
 from configuration_unica import UniCAConfig
+from unica.apps.cli import main as unica_main
 from unica.checkpoint import init_model
-from unica.cli import main as unica_main
 
 
 @pytest.mark.parametrize(

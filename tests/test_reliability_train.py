@@ -21,9 +21,9 @@ from conftest import make_image
 from test_trainer import make_rows, make_trainer, tiny_model
 from test_trainer_cli import write_config
 
+from unica.apps.cli import main
+from unica.apps.train_cli import find_last_checkpoint, load_config
 from unica.checkpoint import init_model, load_checkpoint, save_checkpoint
-from unica.cli import main
-from unica.train_cli import find_last_checkpoint, load_config
 from unica.trainer import UniCATrainingArguments
 
 

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from test_trainer import make_rows, tiny_model
 from transformers import TrainerCallback
 
+from unica.apps.cli import main
+from unica.apps.train_cli import build_trainer, find_last_checkpoint, load_config
 from unica.checkpoint import save_checkpoint
-from unica.cli import main
-from unica.train_cli import build_trainer, find_last_checkpoint, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,5 @@
 import sys
 
-from unica.cli import main
+from unica.apps.cli import main
 
 sys.exit(main())

@@ -80,7 +80,7 @@ def load_ablation_config(path: str | os.PathLike) -> dict[str, Any]:
     _check_sections(config)
     train = config.get("train")
     if isinstance(train, str):
-        from unica.train_cli import load_config
+        from unica.apps.train_cli import load_config
 
         train_path = Path(train) if Path(train).is_absolute() or Path(train).exists() else file.parent / train
         config["train"] = load_config(train_path)
@@ -261,9 +261,9 @@ def _prepare_evaluation(base: Mapping[str, Any], evaluation: Mapping[str, Any], 
         return Path(evaluation["dataset"]), None
     data = base.get("data") or {}
     from dataset_builders.evaluation import build_evaluation_sets
-    from unica.train_cli import _scenes_root
+    from unica.apps.train_cli import scenes_root
 
-    root = _scenes_root({**data, "root": data.get("root") or str(out / "data" / "scenes")}, str(out))
+    root = scenes_root({**data, "root": data.get("root") or str(out / "data" / "scenes")}, str(out))
     eval_dir = out / "data" / "scenes-eval"
     if not (eval_dir / "README.md").is_file():
         tasks = evaluation.get("scenes_tasks") or DEFAULT_SCENES_TASKS
@@ -274,7 +274,7 @@ def _prepare_evaluation(base: Mapping[str, Any], evaluation: Mapping[str, Any], 
 def run_ablation(config: Mapping[str, Any], out: str | os.PathLike) -> dict[str, Any]:
     """Train and evaluate every cell x seed; write ablation.json / ablation.md / LR plots; return the summary."""
     from eval.harness import evaluate_checkpoint
-    from unica.train_cli import build_trainer
+    from unica.apps.train_cli import build_trainer
 
     validate_ablation_config(config)  # before anything is written, built or trained
     out = Path(out)

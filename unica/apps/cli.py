@@ -16,10 +16,10 @@ import sys
 # ``unica --help`` stays fast and an area whose optional dependencies are missing does not break
 # the others.
 _REGISTRARS = [
-    ("unica.commands", "register"),
-    ("unica.train_cli", "register"),
-    ("dataset_builders.cli", "register"),
-    ("eval.cli", "register"),
+    ("unica.apps.commands", "register"),
+    ("unica.apps.train_cli", "register"),
+    ("unica.apps.dataset_cli", "register"),
+    ("unica.apps.eval_cli", "register"),
 ]
 
 

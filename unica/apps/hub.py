@@ -1,5 +1,8 @@
 """Uploading folders to the Hugging Face Hub: one place for repo-id checks and ``upload_folder``.
 
+``push_dataset("./UMR-S10", "my-org/UMR-S10", dry_run=True)`` validates an exported dataset folder
+(:func:`dataset_builders.export.validate_export`) and lists or uploads it.
+
 Used by ``unica push`` (model checkpoints) and ``unica push-dataset`` (exported datasets); each
 validates its own folder first and passes the list of files it checked.
 """
@@ -73,3 +76,24 @@ def upload_validated_folder(
         ) from error
     logger.info("uploaded %d files to https://huggingface.co/%s%s", len(files), prefix, repo_id)
     return files
+
+
+def push_dataset(
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    dry_run: bool = False,
+) -> list[str]:
+    """Validate ``folder`` and upload it as the dataset repo ``repo_id`` (created if needed).
+
+    Returns the list of uploaded (or, with ``dry_run``, would-be uploaded) files.
+    """
+    from dataset_builders.export import validate_export
+
+    check_repo_id(repo_id)
+    files = validate_export(folder)
+    return upload_validated_folder(folder, repo_id, files, repo_type="dataset", private=private, revision=revision,
+                                   commit_message=commit_message, token=token, dry_run=dry_run)

@@ -1,4 +1,4 @@
-"""``unica build-dataset`` and ``unica push-dataset`` (registered by ``unica/cli.py``).
+"""``unica build-dataset`` and ``unica push-dataset`` (registered by ``unica/apps/cli.py``).
 
 Examples::
 
@@ -43,7 +43,7 @@ def _add_common(parser: argparse.ArgumentParser, mbeir: bool = True) -> None:
 
 
 def _umr(args: argparse.Namespace) -> int:
-    from .umr import build_umr_s10, sampling_report_markdown
+    from dataset_builders.umr import build_umr_s10, sampling_report_markdown
 
     sample = build_umr_s10(
         args.mbeir_root, args.out, fraction=args.fraction, seed=args.seed, min_per_stratum=args.min_per_stratum,
@@ -55,7 +55,7 @@ def _umr(args: argparse.Namespace) -> int:
 
 
 def _evaluation(args: argparse.Namespace) -> int:
-    from .evaluation import build_evaluation_sets
+    from dataset_builders.evaluation import build_evaluation_sets
 
     report = build_evaluation_sets(
         args.mbeir_root, args.out, dataset=args.dataset, tasks=args.tasks, split=args.split,
@@ -67,7 +67,7 @@ def _evaluation(args: argparse.Namespace) -> int:
 
 
 def _scenes(args: argparse.Namespace) -> int:
-    from .scenes import generate_scenes
+    from dataset_builders.scenes import generate_scenes
 
     metadata = generate_scenes(
         args.out, num_scenes=args.num_scenes, seed=args.seed, image_size=args.image_size,
@@ -78,7 +78,7 @@ def _scenes(args: argparse.Namespace) -> int:
 
 
 def _openclipart(args: argparse.Namespace) -> int:
-    from .openclipart import build_openclipart
+    from dataset_builders.openclipart import build_openclipart
 
     counts = build_openclipart(
         args.out, root=args.root, image_size=args.image_size, test_fraction=args.test_fraction, seed=args.seed,
@@ -89,7 +89,7 @@ def _openclipart(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from .hub import push_dataset
+    from unica.apps.hub import push_dataset
 
     files = push_dataset(
         args.folder, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run,

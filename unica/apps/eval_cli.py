@@ -101,7 +101,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_ablate(args: argparse.Namespace) -> int:
-    from eval.ablation import run_ablation_from_config
+    from unica.apps.ablation import run_ablation_from_config
 
     run_ablation_from_config(args.config, args.out)
     return 0

@@ -136,8 +136,8 @@ def run_card(args: argparse.Namespace) -> int:
 
 
 def run_push(args: argparse.Namespace) -> int:
+    from unica.apps.hub import check_repo_id, upload_validated_folder
     from unica.checkpoint import validate_checkpoint
-    from unica.hub import check_repo_id, upload_validated_folder
 
     check_repo_id(args.repo_id)
     files = validate_checkpoint(args.checkpoint)
@@ -147,6 +147,6 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from unica.demo import run
+    from unica.apps.demo import run
 
     return run(Path(args.out), max_steps=args.max_steps)

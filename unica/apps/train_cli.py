@@ -258,7 +258,7 @@ def _load_path(path: str, split: str, config_name: str | None) -> Any:
     return loaded
 
 
-def _scenes_root(data: Mapping[str, Any], output_dir: str) -> Path:
+def scenes_root(data: Mapping[str, Any], output_dir: str) -> Path:
     from dataset_builders import generate_scenes
 
     root = Path(data.get("root") or Path(output_dir) / "scenes-data")
@@ -288,7 +288,7 @@ def load_data(data: Mapping[str, Any], output_dir: str) -> tuple[Any, Any, Path 
             raise ValueError(f"unknown data builder {data['builder']!r}; available: {', '.join(BUILDERS)}")
         from dataset_builders import load_scenes
 
-        root = _scenes_root(data, output_dir)
+        root = scenes_root(data, output_dir)
         train = load_scenes(root, split=split)
         evaluation = load_scenes(root, split=data["eval_split"]) if data.get("eval_split") else None
         if data.get("eval_path"):

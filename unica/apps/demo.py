@@ -53,13 +53,13 @@ def _table(before: dict, after: dict) -> str:
 def run(out: Path, max_steps: int = 60) -> int:
     from dataset_builders.evaluation import build_evaluation_sets
     from eval.harness import evaluate_checkpoint
+    from unica.apps.train_cli import scenes_root, build_trainer
     from unica.card import write_model_card
     from unica.checkpoint import save_checkpoint
-    from unica.train_cli import _scenes_root, build_trainer
 
     out.mkdir(parents=True, exist_ok=True)
     config = demo_config(out, max_steps)
-    root = _scenes_root(config["data"], str(out))
+    root = scenes_root(config["data"], str(out))
     eval_dir = out / "scenes-eval"
     if not (eval_dir / "README.md").is_file():
         build_evaluation_sets(root, eval_dir, dataset="scenes", tasks=(2, 7), overwrite=True)

@@ -1,0 +1,7 @@
+"""Applications: the ``unica`` command line and what only it needs, above every library layer.
+
+``cli`` (the entry point, ``python -m unica``), ``commands`` (init, encode, card, push, demo),
+``train_cli`` (``unica train``: YAML configs, data loading, resume), ``dataset_cli`` (``build-dataset``,
+``push-dataset``), ``eval_cli`` (``evaluate``, ``ablate``), ``ablation`` (trains and evaluates a grid),
+``demo`` and ``hub`` (uploads). Library code never imports this package.
+"""
