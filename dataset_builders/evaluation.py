@@ -25,7 +25,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .export import markdown_table, staging_folder, write_dataset_card, write_rows
+from .atomic import atomic_directory
+from .export import markdown_table, write_dataset_card, write_rows
 from .mbeir import MBEIR_TASKS, MBEIRLayout, load_pool_subset, read_qrels, read_queries, task_name
 from .rows import CANDIDATE_FEATURES, QRELS_FEATURES, QUERY_FEATURES, candidate_rows, drop_missing_images, query_rows
 from .umr import MBEIR_CITATION
@@ -88,7 +89,7 @@ def build_evaluation_sets(
         qrels = [row for row in qrels if row[0] in kept_qids and row[1] in candidates]
         prepared.append((task, queries, candidates, qrels, missing))
     summaries, report = [], []
-    with staging_folder(out, overwrite=overwrite) as staging:
+    with atomic_directory(out, overwrite=overwrite) as staging:
         for task, queries, candidates, qrels, missing in prepared:
             summaries.append(write_rows(staging, f"task{task}_queries", split, QUERY_FEATURES, query_rows(queries, layout.root)))
             summaries.append(write_rows(

@@ -10,7 +10,7 @@ and ``datasets.load_dataset(folder, "<config>", split=...)`` reads it with the d
 
 Example::
 
-    with staging_folder("./out", overwrite=False) as tmp:
+    with atomic_directory("./out", overwrite=False) as tmp:     # dataset_builders.atomic
         with ParquetShardWriter(tmp, "default", "train", features) as writer:
             writer.write({"text": "a red circle", "image": "/path/to/scene.png"})
         write_dataset_card(tmp, [writer.summary()], title="My set", description="...")
@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,40 +29,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from .atomic import atomic_directory
+
+# The name builders used before the atomic module existed; the one implementation is atomic_directory.
+staging_folder = atomic_directory
+
 logger = logging.getLogger(__name__)
 
 # A marker written last: a folder without it was not finished.
 COMPLETE_MARKER = "README.md"
-
-
-@contextmanager
-def staging_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary folder next to ``out``; on success it replaces ``out``, on error it is removed.
-
-    Refuses an existing ``out`` unless ``overwrite`` (``FileExistsError`` saying so).
-    """
-    out = Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"output folder {str(out)!r} already exists; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out.exists():
-        # Move the old folder aside first so that `out` is never a mix of old and new files.
-        trash = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(trash)
-        staging.rename(out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        staging.rename(out)
-    logger.info("wrote %s", out)
 
 
 def image_value(path: str | Path | None, embed: bool = True) -> dict | None:

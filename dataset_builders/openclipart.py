@@ -36,7 +36,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .export import staging_folder
+from .atomic import atomic_directory
 from .mbeir import DATASET_IDS, write_mbeir_source
 
 logger = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def build_openclipart(
     if limit is not None:
         items = items[:limit]
     rng = random.Random(seed)
-    with staging_folder(out_dir, overwrite=overwrite) as out:
+    with atomic_directory(out_dir, overwrite=overwrite) as out:
         candidates: dict[str, list[dict]] = {"train": [], "test": []}
         queries: dict[str, list[dict]] = {"train": [], "test": []}
         text_dids: dict[tuple[str, str], str] = {}
@@ -241,7 +241,7 @@ def write_fixture(
     for category in sorted(by_category):
         ranked = sorted(by_category[category], key=lambda i: (not i.description, not i.keywords, i.path))
         chosen += ranked[:per_category]
-    with staging_folder(out_dir, overwrite=overwrite) as out:
+    with atomic_directory(out_dir, overwrite=overwrite) as out:
         for item in chosen:
             svg_text = (Path(root) / "svg" / f"{item.path}.svg").read_text(encoding="utf-8", errors="replace")
             work = _WORK.search(svg_text)

@@ -44,7 +44,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from .export import staging_folder
+from .atomic import atomic_directory
 from .mbeir import DATASET_IDS, write_mbeir_source
 
 logger = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def generate_scenes(
     rng = random.Random(seed)
     scenes = _random_scenes(num_scenes, rng, test_fraction)
     by_split = {split: [s for s in scenes if s.split == split] for split in ("train", "test")}
-    with staging_folder(out_dir, overwrite=overwrite) as root:
+    with atomic_directory(out_dir, overwrite=overwrite) as root:
         image_dir = root / "mbeir_images" / "scenes_images"
         image_dir.mkdir(parents=True)
         candidates: dict[str, list[dict]] = {"train": [], "test": []}

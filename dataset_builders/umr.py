@@ -32,7 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .export import markdown_table, staging_folder, write_dataset_card, write_rows
+from .atomic import atomic_directory
+from .export import markdown_table, write_dataset_card, write_rows
 from .mbeir import (
     MBEIRLayout,
     load_pool_subset,
@@ -305,7 +306,7 @@ def build_umr_s10(
     sample = sample_umr(
         mbeir_root, fraction, seed, min_per_stratum, skip_missing, query_files, pool_files, check_images=check_images
     )
-    with staging_folder(out, overwrite=overwrite) as staging:
+    with atomic_directory(out, overwrite=overwrite) as staging:
         train = write_rows(
             staging, "default", "train", TRAINING_FEATURES,
             training_rows(sample.queries, sample.candidates, sample.root, embed_images=True),

@@ -13,8 +13,9 @@ import pytest
 import torch
 from conftest import TINY_VIT, make_image
 
+from dataset_builders.atomic import atomic_directory
 from unica.apps.cli import main as cli
-from unica.checkpoint import REQUIRED_FILES, atomic_directory, load_checkpoint, save_checkpoint
+from unica.checkpoint import REQUIRED_FILES, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +106,12 @@ def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
         (folder / "config.json").write_text("{}")
         raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError, match="disk full"):
-        atomic_directory(tmp_path / "out", broken)
+    with pytest.raises(RuntimeError, match="disk full"), atomic_directory(tmp_path / "out") as folder:
+        broken(folder)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "out").mkdir()
-    with pytest.raises(FileExistsError, match="already exists"):
-        atomic_directory(tmp_path / "out", lambda folder: None)
+    with pytest.raises(FileExistsError, match="already exists"), atomic_directory(tmp_path / "out"):
+        pass
 
 
 def test_load_checkpoint_errors(tmp_path):

@@ -293,3 +293,24 @@ def test_harness_rows_treat_whitespace_text_as_no_text():
     assert row_item("  \n", image) is image and row_item(" a ", None) == " a "
     with pytest.raises(ValueError, match="neither text nor image"):
         row_item("   ", None)
+
+
+def test_a_write_killed_between_its_renames_gets_the_old_folder_back(tmp_path):
+    """``atomic_directory`` moves the old folder aside, then renames the new one in: a kill between the two
+    leaves no folder at all. The next write of that folder puts the old one back before anything else."""
+    from dataset_builders.atomic import atomic_directory
+
+    aside = tmp_path / ".out.old-killed" / "out"  # what a writer killed between the renames leaves
+    aside.mkdir(parents=True)
+    (aside / "README.md").write_text("the old export")
+    (tmp_path / ".out.partial-killed").mkdir()  # and the staging folder it was renaming in
+    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "out", overwrite=True):
+        raise RuntimeError("this write fails too")
+    assert (tmp_path / "out/README.md").read_text() == "the old export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(FileExistsError, match="--overwrite"), atomic_directory(tmp_path / "out"):
+        pass
+    with atomic_directory(tmp_path / "out", overwrite=True) as staging:
+        (staging / "README.md").write_text("the new export")
+    assert (tmp_path / "out/README.md").read_text() == "the new export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

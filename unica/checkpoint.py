@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoImageProcessor, AutoTokenizer
 
-from dataset_builders.atomic import TEMPORARY_MARKER, current_umask
+from dataset_builders.atomic import atomic_directory
 from modeling_unica import VISION_PRESETS, UniCAModel, UniCAProcessor
 from unica.st import write_sentence_transformers_files
 
@@ -104,55 +102,6 @@ def unresolvable_model_message(name: str | os.PathLike, role: str, error: BaseEx
             "pass a local folder holding the model, or go online / unset HF_HUB_OFFLINE to download it")
 
 
-def remove_stale_partials(target: str | os.PathLike) -> list[Path]:
-    """Remove the staging folders a killed :func:`atomic_directory` of ``target`` left beside it.
-
-    Only folders named ``.<target name>.partial-*`` in ``target``'s parent are removed (nothing else,
-    not even files with that prefix); returns them. One writer per target at a time is assumed, as for
-    the rename itself.
-    """
-    target = Path(target)
-    prefix = f".{target.name}{TEMPORARY_MARKER}"
-    removed = []
-    if not target.parent.is_dir():
-        return removed
-    for entry in sorted(target.parent.iterdir()):
-        if entry.name.startswith(prefix) and entry.is_dir() and not entry.is_symlink():
-            logger.warning("removing %s, left behind by an interrupted save of %s", entry, target)
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
-
-
-def atomic_directory(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> Path:
-    """Run ``write(tmp_dir)`` then move ``tmp_dir`` to ``path``; nothing is left at ``path`` on failure.
-
-    Staging folders of earlier, killed writes of ``path`` are removed first (:func:`remove_stale_partials`).
-    The folder gets the permissions ``mkdir`` would give (0777 less the umask), not ``mkdtemp``'s 0700.
-    Raises ``FileExistsError`` if ``path`` exists and ``overwrite`` is False.
-    """
-    target = Path(path)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"output folder {str(target)!r} already exists; pass overwrite=True / --overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(target)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}{TEMPORARY_MARKER}", dir=target.parent))
-    try:
-        os.chmod(temporary, 0o777 & ~current_umask())
-        write(temporary)
-        if target.exists():
-            backup = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(backup)
-            temporary.rename(target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            temporary.rename(target)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    return target
-
-
 def save_checkpoint(
     model: UniCAModel,
     processor: UniCAProcessor,
@@ -183,9 +132,10 @@ def save_checkpoint(
         if missing:
             raise RuntimeError(f"checkpoint is incomplete, missing {missing}")
 
-    saved = atomic_directory(path, write, overwrite=overwrite)
-    logger.info("saved UniCA checkpoint to %s", saved)
-    return saved
+    with atomic_directory(path, overwrite=overwrite) as staging:
+        write(staging)
+    logger.info("saved UniCA checkpoint to %s", path)
+    return Path(path)
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
