@@ -10,6 +10,7 @@ import datasets
 import pytest
 import torch
 from conftest import TINY_VIT, make_image
+from transformers import TrainerCallback
 
 from unica.checkpoint import init_model, load_checkpoint
 from unica.collator import RetrievalCollator
@@ -210,3 +211,41 @@ def test_fusion_learning_rate_moves_the_zero_gates_faster(tiny_text_path, tmp_pa
     assert (model.text_model.embeddings.word_embeddings.weight.detach() - text_before).abs().max().item() <= 3.1e-5
     rates = sorted({group["lr"] for group in trainer.optimizer.param_groups if group["params"]})
     assert rates == [1e-5, 1e-2]
+
+
+class FirstEvaluationIsBest(TrainerCallback):
+    """Scores each evaluation ``eval_rank = -global_step``: the first checkpoint is the best one, whatever the
+    (tiny, noisy) losses do, so "best" and "last" differ by construction."""
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs) -> None:
+        metrics["eval_rank"] = -state.global_step
+
+
+@pytest.mark.parametrize("lora_r", [0, 4], ids=["full", "lora"])
+def test_load_best_model_at_end_restores_the_best_checkpoint_strictly(tiny_text_path, tmp_path, lora_r) -> None:
+    """The best checkpoint is loaded as on resume: ViT keys are renamed on save, so a non-strict load of the
+    file's keys would silently keep the last step's vision weights."""
+    rows = make_rows(4)
+    trainer = make_trainer(tiny_text_path, tmp_path, rows=rows, eval_rows=rows, max_steps=3, lora_r=lora_r,
+                           eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+                           per_device_eval_batch_size=4, load_best_model_at_end=True, metric_for_best_model="rank",
+                           greater_is_better=True)
+    trainer.add_callback(FirstEvaluationIsBest())
+    trainer.train()
+    out = tmp_path / "out"
+    best, last = trainer.state.best_model_checkpoint, str(out / "checkpoint-3")
+    assert best is not None and best != last and (out / "checkpoint-3").is_dir()
+
+    live = {n: p.detach() for n, p in trainer.model.vision_model.named_parameters()}
+    best_model, _ = load_checkpoint(best)
+    last_model, _ = load_checkpoint(last)
+    best_vision, last_vision = best_model.vision_model.state_dict(), last_model.vision_model.state_dict()
+    assert live.keys() == best_vision.keys()
+    for name, value in live.items():
+        torch.testing.assert_close(value, best_vision[name], atol=0, rtol=0, msg=name)
+    assert any(not torch.equal(value, last_vision[name]) for name, value in live.items())
+    # The whole model (with LoRA: the best step's adapters) is the best checkpoint's.
+    batch = trainer.data_collator(rows)["query"]
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.model.eval()(**batch).embeddings, best_model(**batch).embeddings,
+                                   atol=1e-5, rtol=1e-4)

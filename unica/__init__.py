@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 # Training names pull in datasets / peft; import them only when asked for.
 _LAZY = {
     "UniCATrainer": "unica.trainer",
-    "UniCATrainingArguments": "unica.trainer",
+    "UniCATrainingArguments": "unica.training_args",
     "RetrievalCollator": "unica.collator",
 }
 

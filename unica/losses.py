@@ -25,8 +25,9 @@ gradients of the same loss computed in one process over the concatenated batch.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +40,48 @@ __all__ = [
     "PositiveSimilarityLoss",
     "RetrievalLoss",
     "RetrievalLossOutput",
+    "check_psl_settings",
     "info_nce",
     "positive_similarity_loss",
     "retrieval_loss",
 ]
 
 PSLVariant = Literal["cosine", "hinge"]
-_PSL_VARIANTS = ("cosine", "hinge")
+PSL_VARIANTS = ("cosine", "hinge")
+
+
+def check_psl_settings(weight: Any = None, variant: Any = None, margin: Any = None, *, prefix: str = "psl_") -> None:
+    """Raise ``ValueError`` for an invalid PSL setting, naming the argument (``prefix`` + its name).
+
+    The one PSL check of the package: the loss functions, the loss modules and
+    ``UniCATrainingArguments`` all call it. A setting left ``None`` is not checked (the loss functions
+    skip ``margin`` unless the variant is ``"hinge"``, the only one that reads it).
+
+    Args:
+        weight: PSL weight, a finite number >= 0 (0 turns PSL off); named ``psl_weight`` everywhere.
+        variant: one of :data:`PSL_VARIANTS`.
+        margin: the hinge variant's target cosine, in ``[-1, 1]``.
+        prefix: prepended to ``variant`` / ``margin`` in messages (``""`` where the arguments are
+            called ``variant`` / ``margin``).
+
+    Example:
+        >>> check_psl_settings(weight=0.1, variant="hinge", margin=0.8)
+        >>> check_psl_settings(variant="l2", prefix="")
+        Traceback (most recent call last):
+        ...
+        ValueError: variant must be one of ('cosine', 'hinge'), got 'l2'
+    """
+    if weight is not None and not (_is_real(weight) and weight >= 0 and math.isfinite(weight)):
+        raise ValueError(f"psl_weight must be a finite number >= 0 (0 turns PSL off), got {weight!r}")
+    if variant is not None and variant not in PSL_VARIANTS:
+        raise ValueError(f"{prefix}variant must be one of {PSL_VARIANTS}, got {variant!r}")
+    if margin is not None and not (_is_real(margin) and -1.0 <= margin <= 1.0):
+        raise ValueError(f"{prefix}margin is a target cosine and must be in [-1, 1], got {margin!r}")
+
+
+def _is_real(value: Any) -> bool:
+    # bool is an int subclass, but True is no weight or cosine.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_temperature(temperature: float | Tensor) -> None:
@@ -179,10 +215,7 @@ def positive_similarity_loss(
         0.0
     """
     _check_pairs(query, positives)
-    if variant not in _PSL_VARIANTS:
-        raise ValueError(f"variant must be one of {_PSL_VARIANTS}, got {variant!r}")
-    if variant == "hinge" and not -1.0 <= margin <= 1.0:
-        raise ValueError(f"margin is a target cosine and must be in [-1, 1], got {margin}")
+    check_psl_settings(variant=variant, margin=margin if variant == "hinge" else None, prefix="")
     cosine = (F.normalize(query, dim=-1) * F.normalize(positives, dim=-1)).sum(dim=-1)
     if variant == "cosine":
         return (1 - cosine).mean()
@@ -240,8 +273,7 @@ def retrieval_loss(
         >>> bool(torch.isclose(out.loss, out.info_nce + 0.5 * out.psl))
         True
     """
-    if not (psl_weight >= 0 and math.isfinite(psl_weight)):
-        raise ValueError(f"psl_weight must be a finite number >= 0 (0 turns PSL off), got {psl_weight}")
+    check_psl_settings(weight=psl_weight)
     contrastive = info_nce(
         query,
         positives,
@@ -332,10 +364,7 @@ class PositiveSimilarityLoss(nn.Module):
 
     def __init__(self, variant: PSLVariant = "cosine", margin: float = 0.8) -> None:
         super().__init__()
-        if variant not in _PSL_VARIANTS:
-            raise ValueError(f"variant must be one of {_PSL_VARIANTS}, got {variant!r}")
-        if variant == "hinge" and not -1.0 <= margin <= 1.0:
-            raise ValueError(f"margin is a target cosine and must be in [-1, 1], got {margin}")
+        check_psl_settings(variant=variant, margin=margin if variant == "hinge" else None, prefix="")
         self.variant = variant
         self.margin = margin
 
@@ -368,8 +397,7 @@ class RetrievalLoss(nn.Module):
         max_scale: float = 100.0,
     ) -> None:
         super().__init__()
-        if not (psl_weight >= 0 and math.isfinite(psl_weight)):
-            raise ValueError(f"psl_weight must be a finite number >= 0 (0 turns PSL off), got {psl_weight}")
+        check_psl_settings(weight=psl_weight)
         self.info_nce = InfoNCELoss(
             temperature=temperature,
             learnable_temperature=learnable_temperature,
