@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import datasets
 from tqdm.auto import tqdm
@@ -89,6 +90,37 @@ QRELS_FEATURES = datasets.Features(
         "task_id": datasets.Value("int32"),
     }
 )
+
+
+def multimodal_item(text: str | None, image: Any, label: str = "an item") -> Any:
+    """The processor item for a text and an image: the text, the image, or ``{"text": ..., "image": ...}``.
+
+    The one rule for every caller (evaluation rows, training sides, MTEB batches, reconstruction rows):
+    whitespace-only text counts as no text (the processor refuses it alone; with an image, the image is
+    the item); neither text nor image is a ``ValueError`` naming ``label``, what the caller calls the row
+    (``"a row"``, ``"query '2:1'"``). ``image`` is passed through as it is (a PIL image, a path, bytes, a
+    ``datasets.Image`` value): ``None`` means no image. A text that is not a string is a ``TypeError``.
+
+    Example:
+        >>> multimodal_item("a red circle", None)
+        'a red circle'
+        >>> multimodal_item("   ", "scene.png")
+        'scene.png'
+        >>> multimodal_item("Red Circle, 1990", "scene.png")
+        {'text': 'Red Circle, 1990', 'image': 'scene.png'}
+        >>> multimodal_item("  ", None, label="query '2:1'")
+        Traceback (most recent call last):
+        ...
+        ValueError: query '2:1' has neither text nor image
+    """
+    if text is not None and not isinstance(text, str):
+        raise TypeError(f"{label}: the text must be a string or None, got {type(text).__name__}")
+    has_text = bool(text and text.strip())
+    if image is not None:
+        return {"text": text, "image": image} if has_text else image
+    if has_text:
+        return text
+    raise ValueError(f"{label} has neither text nor image")
 
 
 @dataclass
@@ -215,15 +247,8 @@ def _side(candidate: dict | None, root: Path, embed: bool) -> tuple[str, str, st
     if candidate.get("img_path"):
         image = image_value(resolve_image_path(root, candidate["img_path"], record), embed)
     text = candidate.get("txt") or ""
-    _check_not_empty(text, image, record)
+    multimodal_item(text, image, label=record)  # a record needs a text or an image: refused here, at build
     return candidate["did"], candidate.get("modality") or "", text, image
-
-
-def _check_not_empty(text: str, image: dict | None, record: str) -> None:
-    """A record needs a non-blank text or an image: the model refuses an empty item (one vector for all)."""
-    if image is None and not text.strip():
-        raise ValueError(f"{record} has neither an image nor any text (txt is empty or whitespace only); "
-                         "fix or remove the record")
 
 
 def training_rows(
@@ -275,7 +300,7 @@ def _query_fields(query: dict, root: Path, embed_images: bool) -> dict:
     image_path, record = query.get("query_img_path"), f"query {query['qid']!r}"
     image = image_value(resolve_image_path(root, image_path, record), embed_images) if image_path else None
     text = query.get("query_txt") or ""
-    _check_not_empty(text, image, record)
+    multimodal_item(text, image, label=record)  # a record needs a text or an image: refused here, at build
     return {
         "qid": query["qid"],
         "task_id": int(query["task_id"]),

@@ -1,13 +1,19 @@
-"""Retrieval evaluation harness: encode queries and candidates, search with FAISS, score per task.
+"""Retrieval evaluation harness: encode queries and candidates with ANY encoder, search with FAISS, score per task.
 
 Reproduces the UniCA paper's WebQA protocol (hit@5 / hit@10 — what the paper and M-BEIR call
 Recall@k — and MRR@1 on the hybrid task 2 and the text task 1) on any evaluation folder exported by
 ``unica build-dataset webqa`` / ``mbeir-eval`` (configs ``task{N}_queries``, ``task{N}_corpus``,
 ``task{N}_qrels``).
 
-* Candidate embeddings are cached on disk, keyed by the model's fingerprint (every weight and config
-  file) and the data's (ids + content) and the dtype: a second run re-encodes nothing, a different
-  model never reuses them, a corrupt cache file is re-encoded with a warning.
+The harness knows no model: like MTEB, it takes an :class:`Encoder` — anything with
+``encode(items, batch_size, show_progress, desc)`` returning L2-normalised float32 rows and a
+``fingerprint`` string — so UniCA (``unica.encoding.UniCAEncoder``), a converted VISTA and any
+sentence-transformers model (:class:`eval.encoders.SentenceTransformerEncoder`) are scored side by side.
+Items are texts, images, or ``{"text": ..., "image": ...}`` dicts (:func:`row_item`).
+
+* Candidate embeddings are cached on disk, keyed by the encoder's fingerprint and the data's (ids +
+  content): a second run re-encodes nothing, a different encoder never reuses them, a corrupt cache
+  file is re-encoded with a warning.
 * ``pool="local"`` searches each task's own candidate pool; ``pool="global"`` the union of the pools
   of every task evaluated (M-BEIR's two settings, at the scale of the loaded tasks).
 * Large corpora: ``shard=(i, n)`` encodes only candidate shard ``i`` of ``n`` into ``shard_dir`` (one
@@ -17,11 +23,15 @@ Recall@k — and MRR@1 on the hybrid task 2 and the text task 1) on any evaluati
 Example:
 
 ```python
->>> from eval.harness import evaluate_checkpoint
->>> results = evaluate_checkpoint("./my-model", "./webqa-eval", out_dir="results/", tasks=["task1", "task2"])
+>>> from eval.encoders import SentenceTransformerEncoder
+>>> from eval.harness import evaluate
+>>> encoder = SentenceTransformerEncoder("./my-model", trust_remote_code=True)
+>>> results = evaluate(encoder, "./webqa-eval", out_dir="results/", tasks=["task1", "task2"])
 >>> results["tasks"]["task2"]["hit@5"]
 0.41
 ```
+
+A UniCA checkpoint folder is evaluated the same way by ``unica evaluate`` (``unica.apps.evaluate``).
 """
 
 from __future__ import annotations
@@ -29,14 +39,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from eval.cache import EmbeddingCache, combine_fingerprints, fingerprint_model_dir, fingerprint_records
+from dataset_builders.rows import multimodal_item
+from eval.cache import EmbeddingCache, combine_fingerprints, fingerprint_records
 from eval.index import IndexSpec, build_index, build_index_from_shards, save_embedding_shard
 from eval.metrics import compute_ranking_metrics
 
@@ -79,6 +90,26 @@ def check_k_values(k_values: Sequence[int], option: str = "k_values", report: bo
     return k_values
 
 
+@runtime_checkable
+class Encoder(Protocol):
+    """What the harness evaluates: any model that embeds items, as MTEB's encoders do.
+
+    ``encode`` embeds items — ``str`` (a text), an image (``PIL.Image``), or ``{"text": ..., "image": ...}``
+    — into one L2-normalised float32 row each, ``(len(items), dim)``. ``batch_size=None`` means the
+    encoder's own default; ``desc`` labels the progress bar (an encoder may ignore it). ``fingerprint``
+    identifies everything that determines the embeddings (weights, tokenizer, dtype, ...): cached candidate
+    embeddings are reused only for an equal fingerprint (any string; a checkpoint folder's is
+    :func:`eval.cache.fingerprint_model_dir`).
+
+    Implementations: ``unica.encoding.UniCAEncoder``, :class:`eval.encoders.SentenceTransformerEncoder`.
+    """
+
+    fingerprint: str
+
+    def encode(self, items: Sequence[Any], batch_size: int | None = None, show_progress: bool = False,
+               desc: str = "encoding") -> np.ndarray: ...
+
+
 @dataclass
 class RetrievalTask:
     """One evaluation task: queries with their relevant ids, and the task's candidate pool."""
@@ -93,15 +124,11 @@ class RetrievalTask:
 
 
 def row_item(text: str | None, image: Any) -> Any:
-    """A processor item from a row's text and (decoded) image: str, image or {"text", "image"}."""
-    text = text if text and text.strip() else ""  # whitespace-only is no text (the processor refuses it alone)
-    if image is not None and text:
-        return {"text": text, "image": image}
-    if image is not None:
-        return image
-    if text:
-        return text
-    raise ValueError("a row has neither text nor image")
+    """A processor item from a row's text and (decoded) image: str, image or {"text", "image"}.
+
+    :func:`dataset_builders.rows.multimodal_item`: whitespace-only text is no text; neither is an error.
+    """
+    return multimodal_item(text, image, label="a row")
 
 
 def available_tasks(dataset_dir: str | os.PathLike) -> list[str]:
@@ -117,7 +144,7 @@ def available_tasks(dataset_dir: str | os.PathLike) -> list[str]:
     return tasks
 
 
-def _resolve_task(name: str, available: Sequence[str]) -> str:
+def resolve_task(name: str, available: Sequence[str]) -> str:
     """Accept ``task2``, ``2`` or a prefixed name such as ``webqa_task2``."""
     match = re.search(r"(?:^|_)task(\d+)$", name) or re.match(r"^(\d+)$", name)
     task = f"task{match.group(1)}" if match else None
@@ -136,7 +163,7 @@ def load_retrieval_tasks(
     if not os.path.isdir(dataset_dir):
         raise FileNotFoundError(f"evaluation folder {dataset_dir!r} does not exist")
     available = available_tasks(dataset_dir)
-    selected = [_resolve_task(t, available) for t in tasks] if tasks else available
+    selected = [resolve_task(t, available) for t in tasks] if tasks else available
     loaded = []
     for task in selected:
         queries = load_dataset(dataset_dir, f"{task}_queries", split=split)
@@ -160,25 +187,36 @@ def load_retrieval_tasks(
     return loaded
 
 
-class Encoder:
-    """Embeds items with a model + processor, caching candidate embeddings by fingerprint."""
+def _check_encoder(encoder: Any) -> None:
+    if not isinstance(encoder, Encoder) or not isinstance(encoder.fingerprint, str) or not encoder.fingerprint:
+        raise TypeError(
+            f"{type(encoder).__name__} is not an eval.harness.Encoder (encode(items, batch_size, show_progress, desc) "
+            "and a non-empty fingerprint string); wrap a sentence-transformers model in "
+            "eval.encoders.SentenceTransformerEncoder, a UniCA model in unica.encoding.UniCAEncoder"
+        )
 
-    def __init__(self, model, processor, model_fingerprint: str, batch_size: int = 32, dtype: str = "fp32",
-                 cache: EmbeddingCache | None = None, show_progress: bool = True):
-        self.model, self.processor = model, processor
-        self.model_fingerprint = model_fingerprint
-        self.batch_size, self.dtype, self.cache, self.show_progress = batch_size, dtype, cache, show_progress
+
+@dataclass
+class _Encoding:
+    """How the harness calls the encoder: batch size, progress bars, and the candidate cache."""
+
+    encoder: Encoder
+    batch_size: int | None = None
+    show_progress: bool = True
+    cache: EmbeddingCache | None = None
 
     def encode(self, items: Sequence[Any], desc: str) -> np.ndarray:
-        from unica.encoding import encode_items
-
-        return encode_items(self.model, self.processor, items, batch_size=self.batch_size, dtype=self.dtype,
-                            show_progress=self.show_progress, desc=desc)
+        embeddings = np.asarray(self.encoder.encode(items, batch_size=self.batch_size,
+                                                    show_progress=self.show_progress, desc=desc), dtype=np.float32)
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(items):
+            raise ValueError(f"{type(self.encoder).__name__}.encode returned shape {embeddings.shape} for "
+                             f"{len(items)} items ({desc}); expected one row per item")
+        return embeddings
 
     def encode_candidates(self, ids: Sequence[str], items: Sequence[Any], desc: str) -> np.ndarray:
         if self.cache is None:
             return self.encode(items, desc)
-        model_key = combine_fingerprints(self.model_fingerprint, dtype=self.dtype, role="candidate")
+        model_key = combine_fingerprints(self.encoder.fingerprint, role="candidate")
         data_key = fingerprint_records(ids, items)
         return self.cache.get_or_compute(model_key, data_key, lambda: self.encode(items, desc))
 
@@ -206,10 +244,18 @@ def evaluate_tasks(
     pool: str = "local",
     shard: tuple[int, int] | None = None,
     shard_dir: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    cache: EmbeddingCache | None = None,
+    show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Metrics (means) and per-query values per task; with ``shard`` only writes candidate shards."""
+    """Metrics (means) and per-query values per task; with ``shard`` only writes candidate shards.
+
+    ``cache`` holds candidate embeddings keyed by ``encoder.fingerprint``; ``batch_size=None`` is the encoder's.
+    """
+    _check_encoder(encoder)
     if not tasks:
         raise ValueError("no tasks to evaluate")
+    encoding = _Encoding(encoder, batch_size=batch_size, show_progress=show_progress, cache=cache)
     pools = _pools(tasks, pool)
     index_spec = index_spec or IndexSpec()
     results: dict[str, Any] = {"tasks": {}, "per_query": {}, "rankings": {}}
@@ -222,17 +268,17 @@ def evaluate_tasks(
             if shard_dir is None:
                 raise ValueError("shard= needs shard_dir= (where each shard's embeddings are written)")
             part = np.array_split(np.arange(len(ids)), count)[index]
-            embeddings = encoder.encode([items[i] for i in part], f"{pool_name} shard {index}/{count}")
+            embeddings = encoding.encode([items[i] for i in part], f"{pool_name} shard {index}/{count}")
             save_embedding_shard(Path(shard_dir) / pool_name, embeddings, [ids[i] for i in part], index, count)
             continue
         if id(ids) not in built:
             if shard_dir is not None:
                 built[id(ids)] = build_index_from_shards(Path(shard_dir) / pool_name, index_spec)
             else:
-                built[id(ids)] = build_index(encoder.encode_candidates(ids, items, f"{pool_name} candidates"), ids,
+                built[id(ids)] = build_index(encoding.encode_candidates(ids, items, f"{pool_name} candidates"), ids,
                                              index_spec)
         index = built[id(ids)]
-        queries = encoder.encode(task.query_items, f"{task.name} queries")
+        queries = encoding.encode(task.query_items, f"{task.name} queries")
         search = index.search(queries, max(k_values))
         scored = compute_ranking_metrics(search.ids, task.relevant, k_values=k_values, reference_grades=task.grades,
                                          return_per_query=True)
@@ -244,13 +290,12 @@ def evaluate_tasks(
     return results
 
 
-def evaluate_checkpoint(
-    checkpoint: str | os.PathLike,
+def evaluate(
+    encoder: Encoder,
     dataset_dir: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
     tasks: Sequence[str] | None = None,
-    batch_size: int = 32,
-    dtype: str = "fp32",
+    batch_size: int | None = None,
     index_spec: IndexSpec | None = None,
     cache_dir: str | os.PathLike | None = None,
     k_values: Sequence[int] = DEFAULT_K_VALUES,
@@ -259,27 +304,29 @@ def evaluate_checkpoint(
     shard: tuple[int, int] | None = None,
     shard_dir: str | os.PathLike | None = None,
     show_progress: bool = True,
+    settings: Mapping[str, Any] | None = None,
+    title: str = "Retrieval evaluation",
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint folder; with ``out_dir`` writes results.json, results.md and recall_curves.png.
+    """Evaluate an :class:`Encoder` on an evaluation folder; with ``out_dir`` writes results.json, results.md
+    and recall_curves.png (``title`` heads results.md).
 
     ``results["tasks"][task]`` holds the mean metrics; ``results["per_query"]`` the per-query values
-    (for paired bootstrap); the written ``results.json`` also records the model fingerprint and settings.
-    ``k_values`` are checked before anything is loaded (:func:`check_k_values`).
+    (for paired bootstrap); ``results["settings"]`` (also in the written ``results.json``) describes the
+    run: ``settings`` (what the caller records about the model; default the encoder's class and
+    fingerprint), then the dataset, pool, index kind, cut-offs and the cache's hits and misses.
+    ``k_values`` are checked before anything is loaded or encoded (:func:`check_k_values`).
     """
-    from unica.checkpoint import load_checkpoint
-
     k_values = check_k_values(k_values, report=out_dir is not None and shard is None)
-    model, processor = load_checkpoint(checkpoint)
-    fingerprint = fingerprint_model_dir(checkpoint)
+    _check_encoder(encoder)
     cache = EmbeddingCache(cache_dir) if cache_dir else None
-    encoder = Encoder(model, processor, fingerprint, batch_size=batch_size, dtype=dtype, cache=cache,
-                      show_progress=show_progress)
     loaded = load_retrieval_tasks(dataset_dir, tasks, split=split)
     results = evaluate_tasks(encoder, loaded, k_values=k_values, index_spec=index_spec, pool=pool, shard=shard,
-                             shard_dir=shard_dir)
-    results["settings"] = {"checkpoint": str(checkpoint), "dataset": str(dataset_dir), "model_fingerprint": fingerprint,
-                           "dtype": dtype, "pool": pool, "index": (index_spec or IndexSpec()).kind,
-                           "k_values": list(k_values)}
+                             shard_dir=shard_dir, batch_size=batch_size, cache=cache, show_progress=show_progress)
+    recorded = dict(settings) if settings is not None else {"encoder": type(encoder).__name__,
+                                                             "fingerprint": encoder.fingerprint}
+    recorded.update(dataset=str(dataset_dir), pool=pool, index=(index_spec or IndexSpec()).kind,
+                    k_values=list(k_values))
+    results["settings"] = recorded
     if cache is not None:
         results["settings"]["cache"] = {"hits": cache.hits, "misses": cache.misses}
     if out_dir is not None and shard is None:
@@ -287,7 +334,7 @@ def evaluate_checkpoint(
 
         write_evaluation_report(out_dir, results["tasks"], [m for m in DEFAULT_METRICS if _has(results, m)],
                                 extra={"settings": results["settings"], "per_query": results["per_query"]},
-                                title="UniCA retrieval evaluation")
+                                title=title)
     return results
 
 

@@ -8,7 +8,8 @@ import pytest
 
 @pytest.mark.parametrize(
     "module_name",
-    ["eval.metrics", "eval.retrieval_metrics.ranking", "eval.stats", "eval.report", "eval.cache", "eval.index"],
+    ["eval.metrics", "eval.retrieval_metrics.ranking", "eval.stats", "eval.report", "eval.cache", "eval.index",
+     "dataset_builders.rows"],
 )
 def test_docstring_examples(module_name):
     module = importlib.import_module(module_name)

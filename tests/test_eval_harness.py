@@ -1,4 +1,4 @@
-"""Evaluation harness on the checked-in scenes fixture: metrics, cache, shards, pools and the CLI."""
+"""Evaluation harness on the checked-in scenes fixture: metrics, cache, shards, pools, the CLI, any encoder."""
 
 from __future__ import annotations
 
@@ -10,13 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_image
 
-from eval.cache import EmbeddingCache
-from eval.harness import evaluate_checkpoint, load_retrieval_tasks
+from dataset_builders.rows import multimodal_item
+from eval.cache import EmbeddingCache, fingerprint_model_dir
+from eval.encoders import SentenceTransformerEncoder
+from eval.harness import evaluate, load_retrieval_tasks, row_item
 from eval.metrics import compute_ranking_metrics
 from unica.apps.cli import main as cli
+from unica.apps.evaluate import evaluate_checkpoint
 from unica.checkpoint import load_checkpoint, save_checkpoint
-from unica.encoding import encode_items
+from unica.cocoa import ItemCollator
+from unica.collator import RetrievalCollator
+from unica.encoding import UniCAEncoder, encode_items
+from unica.mteb_encoder import UniCAMTEBEncoder
 
 FIXTURE = Path(__file__).parent / "fixtures" / "scenes"
 
@@ -99,6 +106,36 @@ def test_shards_merge_to_the_same_results_and_global_pool(checkpoint, eval_set, 
     assert union > max(len(t.corpus_ids) for t in tasks)
 
 
+def test_sentence_transformers_and_unica_encoders_score_a_checkpoint_alike(checkpoint, eval_set, tmp_path):
+    """The harness knows no model: a UniCA checkpoint scores the same through the public sentence-transformers
+    API as through UniCA's own encoder (one L2-normalised float32 row per item either way)."""
+    fingerprint = fingerprint_model_dir(checkpoint)
+    unica = UniCAEncoder.from_checkpoint(checkpoint, fingerprint=fingerprint, batch_size=8)
+    st = SentenceTransformerEncoder(checkpoint, batch_size=8, trust_remote_code=True, device="cpu")
+    assert st.fingerprint == fingerprint and unica.model_fingerprint == fingerprint
+    assert unica.fingerprint != st.fingerprint  # one cache, no entry shared between the two encoders
+    tasks = load_retrieval_tasks(eval_set)
+    items = tasks[0].corpus_items[:5] + tasks[0].query_items[:3]
+    by_st, by_unica = st.encode(items), unica.encode(items)
+    assert by_st.dtype == by_unica.dtype == np.float32 and by_st.shape == by_unica.shape == (8, 384)
+    np.testing.assert_allclose(np.linalg.norm(by_st, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(by_st, by_unica, atol=1e-5)
+
+    cache = tmp_path / "cache"
+    scores = {name: evaluate(encoder, eval_set, cache_dir=cache, k_values=[1, 5, 10], show_progress=False)
+              for name, encoder in (("unica", unica), ("sentence-transformers", st))}
+    reference = evaluate_checkpoint(checkpoint, eval_set, k_values=[1, 5, 10], show_progress=False)
+    for name, results in scores.items():
+        assert results["settings"]["cache"] == {"hits": 0, "misses": 2}, name  # task2 and task7, never shared
+        assert results["settings"]["fingerprint"] in (unica.fingerprint, st.fingerprint)
+        assert set(results["tasks"]) == {"task2", "task7"}
+        for task, expected in reference["tasks"].items():
+            for metric in ("hit@1", "hit@5", "hit@10", "mrr@1", "mrr@10", "recall@10", "ndcg@10"):
+                assert results["tasks"][task][metric] == pytest.approx(expected[metric], abs=1e-9), (name, task, metric)
+    with pytest.raises(TypeError, match="SentenceTransformerEncoder"):
+        evaluate(st.model, eval_set, show_progress=False)  # a bare SentenceTransformer has no fingerprint
+
+
 def test_evaluate_cli_outputs_and_errors(checkpoint, eval_set, tmp_path, caplog):
     out = tmp_path / "cli-out"
     assert cli(["evaluate", str(checkpoint), "--dataset", str(eval_set), "--out", str(out), "--index",
@@ -107,3 +144,31 @@ def test_evaluate_cli_outputs_and_errors(checkpoint, eval_set, tmp_path, caplog)
     assert cli(["evaluate", str(checkpoint), "--dataset", str(eval_set), "--out", str(out), "--overwrite", "--tasks", "task9"]) == 1
     assert "unknown task 'task9'" in caplog.text
     assert cli(["evaluate", str(checkpoint), "--dataset", str(tmp_path / "missing"), "--out", str(out)]) == 1
+
+
+def test_one_item_rule_for_rows_mteb_batches_and_collators(tiny_pair):
+    """dataset_builders.rows.multimodal_item is the one rule: whitespace-only text is no text; neither is an error."""
+    model, processor = tiny_pair
+    image = make_image(50)
+    assert multimodal_item(" \t", image) is image and multimodal_item("a", image) == {"text": "a", "image": image}
+    assert row_item(" a ", None) == " a "
+    with pytest.raises(ValueError, match="^query '2:1' has neither text nor image$"):
+        multimodal_item("  ", None, label="query '2:1'")
+    with pytest.raises(TypeError, match="must be a string"):
+        multimodal_item(3, None)
+
+    def embed(items):
+        with torch.no_grad():
+            return model(**processor.process_items(items)).embeddings.numpy()
+
+    mteb = UniCAMTEBEncoder(model, processor, prompts={"query": "query: "})
+    got = mteb.encode([{"text": ["  ", "a red circle"], "image": [image, image]}, {"text": ["a blue square"]}],
+                      prompt_type="query")
+    np.testing.assert_allclose(got, embed([image, {"text": "query: a red circle", "image": image},
+                                           "query: a blue square"]), atol=1e-5)
+    with pytest.raises(ValueError, match="MTEB batch row 1 has neither text nor image"):
+        mteb.encode([{"text": ["a", " "]}])
+    cocoa = ItemCollator(processor)([{"text": " ", "image": image}, {"text": "  ", "image": None}, {"text": "a"}])
+    assert cocoa["input_ids"].shape[0] == 2 and cocoa["image_mask"].tolist() == [True, False]
+    batch = RetrievalCollator(processor)([{"query_text": " ", "query_image": image, "pos_text": "a", "pos_image": None}])
+    assert batch["query"]["image_mask"].tolist() == [True] and batch["positive"]["image_mask"].tolist() == [False]

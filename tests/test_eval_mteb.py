@@ -8,8 +8,8 @@ import torch
 from conftest import make_image
 from torch.utils.data import DataLoader
 
-from eval.mteb_encoder import UniCAMTEBEncoder
 from unica.checkpoint import save_checkpoint
+from unica.mteb_encoder import UniCAMTEBEncoder
 
 
 def test_encode_batches_with_prompts_and_similarity(tiny_pair, tmp_path):

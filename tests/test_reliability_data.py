@@ -276,12 +276,12 @@ def test_records_with_neither_text_nor_image_are_refused_at_build(tmp_path, blan
     pool = [{"did": "2:1", "txt": None, "img_path": "mbeir_images/1.png", "modality": "image"},
             {"did": "2:2", "txt": blank, "img_path": None, "modality": "text"}]
     _write_jsonl(root / "cand_pool/local/mbeir_webqa_task0_cand_pool.jsonl", pool)
-    with pytest.raises(ValueError, match=r"candidate '2:2' has neither an image nor any text"):
+    with pytest.raises(ValueError, match=r"candidate '2:2' has neither text nor image"):
         build_evaluation_sets(root, tmp_path / "out", dataset="webqa", tasks=(0,))
     query = {"qid": "2:1", "query_txt": blank, "query_img_path": None, "query_modality": "text",
              "pos_cand_list": ["2:1"], "neg_cand_list": [], "task_id": 0}
     _write_jsonl(root / "query/train/mbeir_webqa_train.jsonl", [query])
-    with pytest.raises(ValueError, match=r"query '2:1' has neither an image nor any text"):
+    with pytest.raises(ValueError, match=r"query '2:1' has neither text nor image"):
         build_umr_s10(root, tmp_path / "out", fraction=1.0, min_per_stratum=0)
     assert not (tmp_path / "out").exists()
 

@@ -20,7 +20,7 @@ from configuration_unica import UniCAConfig
 from modeling_unica import UniCAModel, UniCAProcessor
 
 from .checkpoint import init_model, save_checkpoint
-from .encoding import encode_items
+from .encoding import UniCAEncoder, encode_items
 
 __version__ = "0.1.0"
 
@@ -38,5 +38,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'unica' has no attribute {name!r}")
 
 
-__all__ = ["UniCAConfig", "UniCAModel", "UniCAProcessor", "encode_items", "init_model", "save_checkpoint",
+__all__ = ["UniCAConfig", "UniCAEncoder", "UniCAModel", "UniCAProcessor", "encode_items", "init_model", "save_checkpoint",
            *_LAZY]

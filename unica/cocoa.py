@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import Trainer
 
+from dataset_builders.rows import multimodal_item
 from modeling_unica import UniCAModel, UniCAProcessor
 
 HEAD_FILE = "reconstruction_head.safetensors"
@@ -136,10 +137,10 @@ class ItemCollator:
             pairs = [(row.get(f"{side}_text"), row.get(f"{side}_image")) for side in self.sides]
         items = []
         for text, image in pairs:
-            text = text or None
-            if text is None and image is None:
+            try:
+                items.append(multimodal_item(text, image))
+            except ValueError:  # neither text nor image: nothing of this side to reconstruct
                 continue
-            items.append({"text": text, "image": image} if text and image is not None else (text or image))
         return items
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Tensor]:

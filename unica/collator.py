@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from dataset_builders.rows import multimodal_item
 from modeling_unica.processing_unica import UniCAProcessor, load_image
 
 logger = logging.getLogger(__name__)
@@ -189,15 +190,15 @@ class RetrievalCollator:
     def _item(self, text: Any, image: Any, name: str, side: str) -> Any:
         if text is not None and not isinstance(text, str):
             raise ValueError(f"{name}: the {side} text must be a string, got {type(text).__name__}")
-        if _is_empty_text(text) and image is None:
-            raise ValueError(f"{name}: the {side} side is empty (no text and no image); fix or drop the row")
-        if image is None:
-            return text
+        if image is not None:
+            try:
+                image = load_image(self._resolve(image), self.processor.max_image_pixels)
+            except (ValueError, FileNotFoundError, OSError) as error:
+                raise type(error)(f"{name}: the {side} image cannot be read: {error}") from error
         try:
-            loaded = load_image(self._resolve(image), self.processor.max_image_pixels)
-        except (ValueError, FileNotFoundError, OSError) as error:
-            raise type(error)(f"{name}: the {side} image cannot be read: {error}") from error
-        return loaded if _is_empty_text(text) else {"text": text, "image": loaded}
+            return multimodal_item(text, image, label=f"{name}: the {side} side")
+        except ValueError:
+            raise ValueError(f"{name}: the {side} side is empty (no text and no image); fix or drop the row") from None
 
     def _resolve(self, image: Any) -> Any:
         if isinstance(image, str):

@@ -1,8 +1,15 @@
-"""Batched encoding of items (texts, images, image + text dicts) with a UniCA model."""
+"""Batched encoding of items (texts, images, image + text dicts) with a UniCA model.
+
+:func:`encode_items` is the one batched encode loop; :class:`UniCAEncoder` puts it behind the evaluation
+harness's encoder protocol (``eval.harness.Encoder``: ``encode(items, batch_size, show_progress, desc)``
+and ``fingerprint``), and ``unica.mteb_encoder`` behind MTEB's.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import pathlib
 from collections.abc import Iterable, Sequence
@@ -64,6 +71,64 @@ def encode_items(
     finally:
         model.train(was_training)
     return np.concatenate(chunks, axis=0)
+
+
+class UniCAEncoder:
+    """A UniCA model + processor as an evaluation-harness encoder (the ``eval.harness.Encoder`` protocol).
+
+    Args:
+        model, processor: the UniCA model and its processor.
+        fingerprint: the model's fingerprint, e.g. ``eval.cache.fingerprint_model_dir`` of its checkpoint
+            folder (computed by the caller: this layer does not import ``eval``).
+        dtype: ``"fp32"`` or ``"bf16"`` (autocast), folded into :attr:`fingerprint`.
+        batch_size: the default batch size of :meth:`encode`.
+
+    ``fingerprint`` (the attribute) covers the model's fingerprint and ``dtype``, so cached embeddings
+    of another dtype are never reused; ``model_fingerprint`` is the one given.
+
+    Example:
+
+    ```python
+    >>> from eval.cache import fingerprint_model_dir
+    >>> from eval.harness import evaluate
+    >>> encoder = UniCAEncoder.from_checkpoint("./unica-mini", fingerprint=fingerprint_model_dir("./unica-mini"))
+    >>> encoder.encode(["a red circle", {"text": "Red Circle", "image": "scene.png"}]).shape
+    (2, 384)
+    >>> evaluate(encoder, "./scenes-eval", tasks=["task2"])["tasks"]["task2"]["hit@5"]
+    0.62
+    ```
+    """
+
+    def __init__(self, model: UniCAModel, processor: UniCAProcessor, fingerprint: str, dtype: str = "fp32",
+                 batch_size: int = 32):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not isinstance(fingerprint, str) or not fingerprint:
+            raise ValueError(f"fingerprint must be a non-empty string (the model's), got {fingerprint!r}")
+        self.model, self.processor = model, processor
+        self.model_fingerprint = fingerprint
+        self.dtype, self.batch_size = dtype, batch_size
+        payload = json.dumps({"encoder": "unica", "model": fingerprint, "dtype": dtype}, sort_keys=True)
+        self.fingerprint = hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, fingerprint: str, dtype: str = "fp32",
+                        batch_size: int = 32) -> UniCAEncoder:
+        """Load a checkpoint folder (``unica.checkpoint.load_checkpoint``); ``fingerprint`` is the folder's."""
+        from unica.checkpoint import load_checkpoint
+
+        if dtype not in DTYPES:  # before the model is loaded
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        model, processor = load_checkpoint(path)
+        return cls(model, processor, fingerprint, dtype=dtype, batch_size=batch_size)
+
+    def encode(self, items: Sequence[Any], batch_size: int | None = None, show_progress: bool = False,
+               desc: str = "encoding") -> np.ndarray:
+        """:func:`encode_items` with this encoder's dtype (and batch size unless one is given)."""
+        return encode_items(self.model, self.processor, items, batch_size=batch_size or self.batch_size,
+                            dtype=self.dtype, show_progress=show_progress, desc=desc)
 
 
 def read_jsonl_items(path: str | os.PathLike) -> list[dict]:

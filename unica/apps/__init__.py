@@ -2,6 +2,9 @@
 
 ``cli`` (the entry point, ``python -m unica``), ``commands`` (init, encode, card, push, demo),
 ``train_cli`` (``unica train``: YAML configs, data loading, resume), ``dataset_cli`` (``build-dataset``,
-``push-dataset``), ``eval_cli`` (``evaluate``, ``ablate``), ``ablation`` (trains and evaluates a grid),
+``push-dataset``), ``eval_cli`` (``evaluate``, ``ablate``), ``evaluate`` (a checkpoint folder through the model-agnostic
+harness), ``ablation`` (trains and evaluates a grid),
 ``demo`` and ``hub`` (uploads). Library code never imports this package.
 """
+
+__all__ = ["ablation", "cli", "commands", "dataset_cli", "demo", "eval_cli", "evaluate", "hub", "train_cli"]

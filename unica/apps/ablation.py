@@ -213,7 +213,7 @@ def validate_ablation_config(config: Mapping[str, Any]) -> None:
 
 def _check_tasks(train: Mapping[str, Any], evaluation: Mapping[str, Any], scenes_tasks: Sequence[int]) -> None:
     """evaluation.tasks must name tasks of the evaluation folder (or of the scenes tasks that will be built)."""
-    from eval.harness import _resolve_task, available_tasks
+    from eval.harness import available_tasks, resolve_task
 
     dataset = evaluation.get("dataset")
     if dataset:
@@ -232,7 +232,7 @@ def _check_tasks(train: Mapping[str, Any], evaluation: Mapping[str, Any], scenes
         raise ValueError(f"evaluation.tasks must be a non-empty list such as [{available[0]}], got {tasks!r}")
     for task in tasks:
         try:
-            _resolve_task(str(task), available)
+            resolve_task(str(task), available)
         except ValueError:
             source = f"evaluation.dataset {str(dataset)!r}" if dataset else f"evaluation.scenes_tasks {list(scenes_tasks)}"
             raise ValueError(f"evaluation.tasks has unknown task {task!r}; {source} gives {', '.join(available)}") from None
@@ -273,7 +273,7 @@ def _prepare_evaluation(base: Mapping[str, Any], evaluation: Mapping[str, Any], 
 
 def run_ablation(config: Mapping[str, Any], out: str | os.PathLike) -> dict[str, Any]:
     """Train and evaluate every cell x seed; write ablation.json / ablation.md / LR plots; return the summary."""
-    from eval.harness import evaluate_checkpoint
+    from unica.apps.evaluate import evaluate_checkpoint
     from unica.apps.train_cli import build_trainer
 
     validate_ablation_config(config)  # before anything is written, built or trained

@@ -52,8 +52,8 @@ def _table(before: dict, after: dict) -> str:
 
 def run(out: Path, max_steps: int = 60) -> int:
     from dataset_builders.evaluation import build_evaluation_sets
-    from eval.harness import evaluate_checkpoint
-    from unica.apps.train_cli import scenes_root, build_trainer
+    from unica.apps.evaluate import evaluate_checkpoint
+    from unica.apps.train_cli import build_trainer, scenes_root
     from unica.card import write_model_card
     from unica.checkpoint import save_checkpoint
 

@@ -69,8 +69,9 @@ def _check_out(out: str, overwrite: bool) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from eval.harness import check_k_values, evaluate_checkpoint
+    from eval.harness import check_k_values
     from eval.index import IndexSpec
+    from unica.apps.evaluate import evaluate_checkpoint
 
     shard = args.shard
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -4,13 +4,14 @@
 MTEB hands the encoder a ``DataLoader`` whose batches are dicts with a ``"text"`` list, an
 ``"image"`` list, or both (image + text documents); the encoder returns one embedding per row.
 Queries and documents get the checkpoint's sentence-transformers prompts (``query`` / ``document``).
+Each MTEB batch is embedded with :func:`unica.encoding.encode_items` (the one batched encode loop).
 
 Where the data can be downloaded (not in this sandbox)::
 
     pip install mteb
     python -c "
     import mteb
-    from eval.mteb_encoder import UniCAMTEBEncoder
+    from unica.mteb_encoder import UniCAMTEBEncoder
     model = UniCAMTEBEncoder.from_checkpoint('./my-model')
     tasks = mteb.get_tasks(tasks=['WebQAT2ITRetrieval', 'WebQAT2TRetrieval'])
     print(mteb.evaluate(model, tasks))
@@ -31,6 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dataset_builders.rows import multimodal_item
+from unica.encoding import encode_items
+
 
 class UniCAMTEBEncoder:
     """MTEB-style encoder around a UniCA model and processor.
@@ -45,20 +49,22 @@ class UniCAMTEBEncoder:
     ```
     """
 
-    def __init__(self, model, processor, prompts: Mapping[str, str] | None = None, batch_dtype: str = "fp32"):
+    def __init__(self, model, processor, prompts: Mapping[str, str] | None = None, batch_dtype: str = "fp32",
+                 batch_size: int = 32):
         self.model = model.eval()
         self.processor = processor
         self.prompts = dict(prompts or {})
         self.batch_dtype = batch_dtype
+        self.batch_size = batch_size
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, dtype: str = "fp32") -> UniCAMTEBEncoder:
+    def from_checkpoint(cls, path: str | os.PathLike, dtype: str = "fp32", batch_size: int = 32) -> UniCAMTEBEncoder:
         from unica.checkpoint import load_checkpoint
 
         model, processor = load_checkpoint(path)
         config = Path(path) / "config_sentence_transformers.json"
         prompts = json.loads(config.read_text()).get("prompts", {}) if config.is_file() else {}
-        return cls(model, processor, prompts, batch_dtype=dtype)
+        return cls(model, processor, prompts, batch_dtype=dtype, batch_size=batch_size)
 
     def _prompt(self, prompt_type: Any) -> str:
         if prompt_type is None:
@@ -79,23 +85,23 @@ class UniCAMTEBEncoder:
         for row in range(size):
             text = texts[row] if texts is not None else None
             image = images[row] if images is not None else None
-            text = prompt + text if text else text
-            items.append({"text": text, "image": image} if image is not None and text else (image or text))
+            item = multimodal_item(text, image, label=f"MTEB batch row {row}")
+            if prompt and isinstance(item, dict):
+                item["text"] = prompt + item["text"]
+            elif prompt and image is None:  # a text item
+                item = prompt + item
+            items.append(item)
         return items
 
-    @torch.no_grad()
     def encode(self, inputs: Iterable[Mapping[str, Any]], *, task_metadata: Any = None, hf_split: str | None = None,
                hf_subset: str | None = None, prompt_type: Any = None, **kwargs) -> np.ndarray:
         """Embed every row of every batch (MTEB's ``encode`` signature); returns ``(rows, hidden)`` float32."""
-        from unica.encoding import autocast_context
-
-        device = next(self.model.parameters()).device
         prompt = self._prompt(prompt_type)
-        chunks = []
-        for batch in inputs:
-            features = self.processor.process_items(self._batch_items(batch, prompt)).to(device)
-            with autocast_context(self.batch_dtype, device):
-                chunks.append(self.model(**features).embeddings.float().cpu().numpy())
+        chunks = [
+            encode_items(self.model, self.processor, self._batch_items(batch, prompt), batch_size=self.batch_size,
+                         dtype=self.batch_dtype, show_progress=False)
+            for batch in inputs
+        ]
         if not chunks:
             raise ValueError("encode got no batches")
         return np.concatenate(chunks)
