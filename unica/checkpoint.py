@@ -214,7 +214,7 @@ def load_pretrained_strict(model_class: Any, path: str | os.PathLike, **kwargs: 
     return model
 
 
-def load_checkpoint(path: str | os.PathLike, dtype: str | None = None) -> tuple[UniCAModel, UniCAProcessor]:
+def load_checkpoint(path: str | os.PathLike) -> tuple[UniCAModel, UniCAProcessor]:
     """Load a checkpoint folder's model (eval mode) and processor with this package's classes.
 
     The files are checked first (:func:`check_checkpoint_files`) and the weights must match the config
