@@ -85,7 +85,8 @@ class UniCAConfig(PretrainedConfig):
             (what all-MiniLM-L6-v2 was trained with).
         normalize (`bool`, *optional*, defaults to `True`): L2-normalise the embeddings.
         contrastive_temperature (`float`, *optional*, defaults to 0.02): InfoNCE temperature used by the training
-            toolkit. (Not named `temperature`: transformers reserves that name for generation and refuses to save
+            toolkit; it initialises the model's `logit_scale` weight (`log(1 / temperature)`, as CLIP's), and a
+            saved checkpoint records the temperature that weight holds. (Not named `temperature`: transformers reserves that name for generation and refuses to save
             it in a model config. `temperature=` is accepted as an alias.)
         max_text_length (`int`, *optional*, defaults to 512): tokens kept per text (longer texts are truncated).
         empty_text_ids (`list[int]`, *optional*, defaults to `[101, 102]`): the tokenizer's ids for an empty text

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -228,6 +229,8 @@ class UniCAPreTrainedModel(PreTrainedModel):
             for gate in (module.text_attention_gate, module.image_attention_gate, module.text_ffn_gate,
                          module.image_ffn_gate):
                 init.zeros_(gate)
+        if isinstance(module, UniCAModel):
+            init.constant_(module.logit_scale, math.log(1.0 / self.config.contrastive_temperature))
 
 
 def _build_submodel(config, **kwargs) -> PreTrainedModel:
@@ -269,7 +272,16 @@ class UniCAModel(UniCAPreTrainedModel):
         # fresh "bica" model has exactly the "concat" model's weights (the ablation changes one thing).
         with torch.random.fork_rng(devices=[]):
             self.fusion_encoder = UniCAFusionEncoder(config)
+        # CLIP's logit scale, log(1 / temperature): the contrastive temperature is a weight of the model, so a
+        # learned one is saved and loaded with the checkpoint and averaged by DDP like any other parameter.
+        # Embedding never reads it; the trainer's loss does (it stays frozen unless learnable_temperature).
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.contrastive_temperature)))
         self.post_init()
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        """The contrastive temperature ``exp(-logit_scale)``, clamped at >= 0.01 (CLIP's scale <= 100)."""
+        return torch.exp(-self.logit_scale.clamp(max=math.log(100.0)))
 
     @staticmethod
     def _check_text_encoder(text_model: nn.Module) -> None:
@@ -525,6 +537,8 @@ class UniCAModel(UniCAPreTrainedModel):
         transformers copies only the files beside the model class's own file; our configuration lives
         in another package, so this step writes the flat remote-code layout itself.
         """
+        # The config states the temperature the weights hold (a learned one included).
+        self.config.contrastive_temperature = round(float(self.temperature.detach()), 6)
         self.config.auto_map = {
             "AutoConfig": "configuration_unica.UniCAConfig",
             "AutoModel": "modeling_unica.UniCAModel",

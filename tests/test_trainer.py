@@ -165,15 +165,39 @@ def test_lora_trains_adapters_and_saves_a_merged_checkpoint(tiny_text_path, tmp_
     assert (tmp_path / "lora-model" / "lora_adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_learnable_temperature_is_trained_and_saved(tiny_text_path, tmp_path) -> None:
+def test_learnable_temperature_is_a_model_weight_trained_and_saved(tiny_text_path, tmp_path) -> None:
     trainer = make_trainer(tiny_text_path, tmp_path, learnable_temperature=True, max_steps=2, learning_rate=0.05)
+    assert float(trainer.model.temperature.detach()) == pytest.approx(0.05)  # set from args.temperature
     trainer.train()
-    learned = float(trainer.loss_module.info_nce.temperature.detach())
+    learned = float(trainer.model.temperature.detach())
     assert learned != pytest.approx(0.05, abs=1e-4)
     trainer.save_model(str(tmp_path / "model"))
     config = json.loads((tmp_path / "model" / "config.json").read_text())
-    assert config["contrastive_temperature"] == pytest.approx(learned)
-    assert (tmp_path / "model" / "unica_loss.safetensors").is_file()
+    assert config["contrastive_temperature"] == pytest.approx(learned, abs=1e-6)
+    assert json.loads((tmp_path / "model" / "training_record.json").read_text())["temperature"] == pytest.approx(
+        learned, abs=1e-6)
+    loaded, _ = load_checkpoint(tmp_path / "model")  # the weight itself comes back, not a config default
+    assert float(loaded.temperature) == pytest.approx(learned, rel=1e-6)
+
+
+def test_a_fixed_temperature_is_not_trained(tiny_text_path, tmp_path) -> None:
+    trainer = make_trainer(tiny_text_path, tmp_path, max_steps=2, temperature=0.07)
+    trainer.train()
+    assert not trainer.model.logit_scale.requires_grad
+    assert float(trainer.model.temperature) == pytest.approx(0.07)
+
+
+def test_temperature_and_bica_gates_get_no_weight_decay(tiny_text_path, tmp_path) -> None:
+    trainer = make_trainer(tiny_text_path, tmp_path, learnable_temperature=True, weight_decay=0.1)
+    optimizer = trainer.create_optimizer()
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    decayed = {names[id(p)] for group in optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+    undecayed = {names[id(p)] for group in optimizer.param_groups if group["weight_decay"] == 0 for p in group["params"]}
+    gates = {n for n in names.values() if n.endswith("_gate")}
+    assert len(gates) == 4 and gates <= undecayed and not gates & decayed
+    assert "logit_scale" in undecayed
+    bica_weights = {n for n in names.values() if n.startswith("fusion_encoder.") and n.endswith("q_proj.weight")}
+    assert bica_weights and bica_weights <= decayed  # the rest of Bi-CA still decays
 
 
 def test_save_model_into_output_dir_keeps_training_checkpoints(tiny_text_path, tmp_path) -> None:

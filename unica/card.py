@@ -112,8 +112,15 @@ def render_model_card(
     repo_id: str | None = None,
     training_data: str | None = None,
     license_name: str = "apache-2.0",
+    name_or_path: str | None = None,
+    checkpoint_fingerprint: str | None = None,
 ) -> str:
     """Render the model card for a checkpoint folder from its config and measured results.
+
+    ``name_or_path`` is where users load the model from when there is no ``repo_id`` (default: the folder;
+    a save that renders the card in a temporary folder passes the final one). With
+    ``checkpoint_fingerprint`` (``eval.cache.fingerprint_model_dir`` of the folder), results measured on
+    another model are refused: ``results.json`` records the fingerprint of the checkpoint it evaluated.
 
     Example:
 
@@ -127,13 +134,21 @@ def render_model_card(
         raise ValueError(f"{str(folder)!r} is not a UniCA checkpoint (config.json model_type is not 'unica')")
     results = _read_json(results_path, "results") or {}
     _check_results(results, results_path)
+    measured = (results.get("settings") or {}).get("model_fingerprint")
+    if checkpoint_fingerprint is not None and measured is not None and measured != checkpoint_fingerprint:
+        raise ValueError(
+            f"results file {str(results_path)!r} was measured on another model (fingerprint {measured[:12]}...) than "
+            f"{str(folder)!r} ({checkpoint_fingerprint[:12]}...); evaluate this checkpoint (`unica evaluate "
+            f"{folder} ...`) and pass that results.json"
+        )
     record = folder / "training_record.json"  # written by the trainer's save_model, when it trained this folder
     if "training" not in results and record.is_file():
         results["training"] = _read_json(record, "training record")
     ablation = _read_json(ablation_path, "ablation") or {}
     tasks = results.get("tasks")
     text_cfg, vision_cfg = config["text_config"], config["vision_config"]
-    name = repo_id.split("/")[-1] if repo_id else folder.name
+    location = name_or_path or str(folder)
+    name = repo_id.split("/")[-1] if repo_id else Path(location).name
     base_models = [m for m in (_hub_id(text_cfg.get("_name_or_path")), _hub_id(vision_cfg.get("_name_or_path"))) if m]
     metadata: dict[str, Any] = {
         "library_name": "sentence-transformers",
@@ -156,7 +171,7 @@ def render_model_card(
     values = {
         "metadata": yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).strip(),
         "model_name": name,
-        "repo_id": repo_id or str(folder),
+        "repo_id": repo_id or location,
         "vision_model": vision_cfg.get("model_type", "vision"),
         "text_model": text_cfg.get("model_type", "text"),
         "fusion": fusion,

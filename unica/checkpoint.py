@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,14 @@ def save_checkpoint(
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# Sub-folders of a training output_dir that are not part of the model: resume states and logs.
+_NOT_CHECKPOINT = re.compile(r"^(checkpoint-\d+|runs)$")
+
+
+def _outside_checkpoint(relative: Path) -> bool:
+    """A path (relative to a checkpoint folder) that is not one of the checkpoint's files."""
+    parts = relative.parts
+    return any(part.startswith(".") for part in parts) or (len(parts) > 1 and bool(_NOT_CHECKPOINT.match(parts[0])))
 
 
 def check_checkpoint_files(path: str | os.PathLike) -> Path:
@@ -248,6 +257,9 @@ def validate_checkpoint(path: str | os.PathLike, require_card: bool = True) -> l
     Checks: every required file, ``model_type == "unica"`` with the ``auto_map`` entries, readable
     safetensors weights, no pickled weights, no unfinished staging folders, and (``require_card``)
     a ``README.md`` model card. Raises ``ValueError`` listing every problem found.
+
+    The files are the checkpoint's own: a training ``output_dir``'s ``checkpoint-N/`` resume states and
+    ``runs/`` logs, and hidden files, are not part of it (and are not uploaded).
     """
     from safetensors import safe_open
 
@@ -257,7 +269,10 @@ def validate_checkpoint(path: str | os.PathLike, require_card: bool = True) -> l
     problems = [f"missing {name}" for name in REQUIRED_FILES if not (folder / name).is_file()]
     if require_card and not (folder / "README.md").is_file():
         problems.append("missing README.md (render it with `unica card`)")
-    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    files = sorted(
+        relative.as_posix() for p in folder.rglob("*")
+        if p.is_file() and not _outside_checkpoint(relative := p.relative_to(folder))
+    )
     pickled = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
     if pickled:
         problems.append(f"pickled files are not uploaded, remove them: {pickled[:3]}")

@@ -7,7 +7,10 @@ The one place that knows how a training model's weights map onto a checkpoint fo
   adapters are merged in (``merge_lora``, peft's ``merge_and_unload``) or left out (``unload``).
 - ``lora_adapter/``: the adapters as ``PeftModel.save_pretrained`` writes them, so that
   ``PeftModel.from_pretrained(text_encoder, folder / "lora_adapter")`` loads them.
-- ``unica_loss.safetensors``: the loss module's state (a learnable temperature); ``training_args.bin``.
+- ``training_args.json`` (the arguments as JSON, tokens redacted: no pickle, so the folder can be published),
+  ``training_record.json`` (objective, temperature, PSL weight, steps, data: :func:`training_record`) and
+  ``README.md``, the model card rendered from them (:func:`unica.card.render_model_card`), as
+  sentence-transformers writes a card on save. The learnable temperature is the model's ``logit_scale`` weight.
 
 Loading (:func:`load_training_checkpoint`, for resuming and for ``load_best_model_at_end``) goes through
 ``from_pretrained`` and refuses any weight that does not fit: transformers renames some towers' keys
@@ -17,6 +20,7 @@ on save and back on load (e.g. ViT), so a raw, non-strict state-dict load would 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import shutil
@@ -27,8 +31,7 @@ from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import load_file, save_file
-from torch import nn
+from transformers.trainer_callback import TrainerState
 
 from modeling_unica import UniCAModel
 from unica.checkpoint import check_checkpoint_files, load_pretrained_strict, save_checkpoint
@@ -39,15 +42,19 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "LORA_ADAPTER_DIR",
-    "LOSS_STATE_FILE",
     "STAGING_PREFIX",
+    "TRAINING_ARGS_FILE",
+    "TRAINING_RECORD_FILE",
+    "completed_run",
     "export_model",
     "load_training_checkpoint",
+    "training_record",
     "write_training_checkpoint",
 ]
 
 LORA_ADAPTER_DIR = "lora_adapter"
-LOSS_STATE_FILE = "unica_loss.safetensors"
+TRAINING_ARGS_FILE = "training_args.json"
+TRAINING_RECORD_FILE = "training_record.json"
 # Prefix of the staging folder a save into an existing folder fills first (inside that folder).
 STAGING_PREFIX = ".unica-save-"
 
@@ -62,25 +69,68 @@ def export_model(model: UniCAModel, merge_lora: bool) -> UniCAModel:
     return plain
 
 
+def training_record(args: UniCATrainingArguments, state: TrainerState | None = None, data: str | None = None,
+                    train_dataset: Any = None) -> dict[str, Any]:
+    """What a trained checkpoint's card states about its training (``training_record.json``).
+
+    Example:
+        >>> training_record(UniCATrainingArguments(output_dir="out", psl_weight=0.1))["objective"]
+        'InfoNCE + 0.1 * PSL (cosine)'
+    """
+    objective = "InfoNCE" + (f" + {args.psl_weight:g} * PSL ({args.psl_variant})" if args.psl_weight else "")
+    record: dict[str, Any] = {
+        "objective": objective,
+        "temperature": args.temperature,
+        "learnable_temperature": args.learnable_temperature,
+        "psl_weight": args.psl_weight,
+        "psl_variant": args.psl_variant,
+        "hard_negatives": args.hard_negatives,
+        "symmetric_loss": args.symmetric_loss,
+        "learning_rate": args.learning_rate,
+        "fusion_learning_rate": args.fusion_learning_rate,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "world_size": args.world_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "freeze": args.freeze,
+        "lora_r": args.lora_r,
+        "seed": args.seed,
+        "data": data,
+        "train_rows": len(train_dataset) if hasattr(train_dataset, "__len__") else None,
+    }
+    if state is not None:
+        record.update(steps=state.global_step, epochs=round(float(state.epoch or 0.0), 4))
+    return record
+
+
 def write_training_checkpoint(
-    target: Path, model: UniCAModel, processor: Any, args: UniCATrainingArguments, loss_module: nn.Module
+    target: Path, model: UniCAModel, processor: Any, args: UniCATrainingArguments, record: dict[str, Any] | None = None
 ) -> None:
-    """Write a complete UniCA checkpoint folder of ``model`` (unwrapped) to ``target``.
+    """Write a complete UniCA checkpoint folder of ``model`` (unwrapped) to ``target``: weights, processor,
+    remote code, ``training_args.json``, ``training_record.json`` (``record``, default
+    :func:`training_record` of ``args``) and the rendered ``README.md`` model card: publishable as it stands.
 
     A new folder is written to a temporary sibling and renamed into place; into an existing folder
     (e.g. ``output_dir`` holding ``checkpoint-N`` folders) the files are moved in with ``config.json``
     last, so an interrupted save never looks like a complete checkpoint.
     """
+    from unica.card import render_model_card
+
     if processor is None:
         raise ValueError("cannot save a UniCA checkpoint without the processor: pass processing_class=processor")
     export = export_model(model, merge_lora=args.merge_lora)
-    if args.learnable_temperature:
-        export.config.contrastive_temperature = float(torch.as_tensor(loss_module.info_nce.temperature).detach())
-    writers: list[Callable[[Path], None]] = [lambda folder: torch.save(args, folder / "training_args.bin")]
+    record = dict(record if record is not None else training_record(args))
+    record["temperature"] = round(float(model.temperature.detach()), 6)  # a learned one, or args.temperature
+
+    def write_record_and_card(folder: Path) -> None:
+        (folder / TRAINING_ARGS_FILE).write_text(args.to_json_string(), encoding="utf-8")
+        (folder / TRAINING_RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        card = render_model_card(folder, name_or_path=str(target), training_data=record.get("data"))
+        (folder / "README.md").write_text(card, encoding="utf-8")
+
+    writers: list[Callable[[Path], None]] = []
     if has_lora(model):
         writers.append(lambda folder: model.text_model.save_pretrained(str(folder / LORA_ADAPTER_DIR)))
-    if any(True for _ in loss_module.parameters()):
-        writers.append(lambda folder: _write_loss_state(loss_module, folder))
+    writers.append(write_record_and_card)
     if not target.exists():
         save_checkpoint(export, processor, target, extra_writers=writers)
         return
@@ -105,19 +155,35 @@ def write_training_checkpoint(
     logger.info("saved UniCA checkpoint to %s", target)
 
 
-def _write_loss_state(loss_module: nn.Module, folder: Path) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in loss_module.state_dict().items()}
-    save_file(state, str(folder / LOSS_STATE_FILE), metadata={"format": "pt"})
+def completed_run(path: str | os.PathLike, args: UniCATrainingArguments) -> TrainerState | None:
+    """The Trainer state of checkpoint ``path`` if resuming it under ``args`` would train nothing, else None.
+
+    A run is complete when the checkpoint reached ``args.max_steps`` (when set) or, for an epoch-based run
+    (``max_steps=-1``) with the same ``num_train_epochs``, the number of steps it planned. transformers would
+    otherwise train one more step past the end and overwrite the final model.
+    """
+    state_file = Path(path) / "trainer_state.json"
+    if not state_file.is_file():
+        return None
+    state = TrainerState.load_from_json(str(state_file))
+    if args.max_steps > 0:
+        target = args.max_steps
+    elif state.num_train_epochs == args.num_train_epochs and state.max_steps:
+        target = state.max_steps
+    else:
+        return None
+    return state if state.global_step >= target else None
 
 
-def load_training_checkpoint(model: UniCAModel, path: str | os.PathLike, loss_module: nn.Module) -> None:
+def load_training_checkpoint(model: UniCAModel, path: str | os.PathLike) -> None:
     """Load the weights of a checkpoint folder written by :func:`write_training_checkpoint` into ``model``.
 
     Loaded through ``from_pretrained`` (not a raw state dict): transformers renames some towers' keys
     on save and back on load (e.g. ViT), so the file's names are not the live module's. Any weight
     that does not fit the checkpoint's own config is an error (:func:`load_pretrained_strict`). With LoRA,
     the adapters come from ``lora_adapter/`` (``PeftModel.load_adapter``) and the frozen base weights of
-    LoRA layers stay those the model was built with (as peft resumes). ``loss_module`` gets its state back.
+    LoRA layers stay those the model was built with (as peft resumes). The temperature (``logit_scale``) is a
+    weight like the others.
     """
     folder = Path(path)
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
@@ -134,9 +200,6 @@ def load_training_checkpoint(model: UniCAModel, path: str | os.PathLike, loss_mo
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"the LoRA adapter in {str(folder)!r} does not fit this model: {result.unexpected_keys[:5]}")
     _load_plain_weights(model, saved, folder)
-    loss_state = folder / LOSS_STATE_FILE
-    if loss_state.is_file():
-        loss_module.load_state_dict(load_file(str(loss_state)))
     logger.info("loaded model weights from %s", folder)
 
 

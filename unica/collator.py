@@ -10,12 +10,18 @@ column (``None`` when absent). A side is text, image or image + text. An image m
 The schema holds one hard negative per row. Rows may hold more: ``neg_text`` / ``neg_image`` as
 parallel lists (entry ``j`` is the ``j``-th negative), e.g. in a JSONL of records.
 
+Rows that name their documents (``pos_did``, and optionally ``pos_dids`` / ``neg_did`` / ``neg_dids``, as
+the builders of :mod:`dataset_builders` write them) also get an ``"ids"`` group: integer ids of each
+positive and negative and of every known positive of each query, which the loss uses to leave in-batch
+false negatives (another row's positive that is also a positive of this query) out of the softmax.
+
 Images are decoded here, row by row, with the processor's safe loader: an unreadable image raises
 an error naming the row and the side, not a bare PIL traceback from a data-loader worker.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pathlib
@@ -29,7 +35,7 @@ from modeling_unica.processing_unica import UniCAProcessor, load_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SIDES", "RetrievalCollator", "count_negatives", "required_columns"]
+__all__ = ["SIDES", "RetrievalCollator", "count_negatives", "document_id", "required_columns"]
 
 # Output group -> column prefix in the training schema.
 SIDES = {"query": "query", "positive": "pos", "negative": "neg"}
@@ -44,6 +50,20 @@ def required_columns(hard_negatives: int = 0) -> list[str]:
     """
     prefixes = ["query", "pos"] + (["neg"] if hard_negatives > 0 else [])
     return [f"{prefix}_{kind}" for prefix in prefixes for kind in ("text", "image")]
+
+
+def document_id(did: Any) -> int:
+    """A stable non-negative 63-bit integer for a document id string; ``-1`` for no id (``None`` / ``""``).
+
+    The same ``did`` gives the same integer in every process and run (blake2b, not Python's salted ``hash``).
+
+    Example:
+        >>> document_id("9:1") == document_id("9:1"), document_id(""), document_id(None)
+        (True, -1, -1)
+    """
+    if did is None or did == "":
+        return -1
+    return int.from_bytes(hashlib.blake2b(str(did).encode("utf-8"), digest_size=8).digest(), "big") >> 1
 
 
 def _is_empty_text(text: Any) -> bool:
@@ -160,7 +180,36 @@ class RetrievalCollator:
             groups["positive"].append(self._side(row, "pos", name))
             if self.hard_negatives:
                 groups["negative"].extend(self._negatives(row, name))
-        return {group: dict(self.processor.process_items(items)) for group, items in groups.items()}
+        batch = {group: dict(self.processor.process_items(items)) for group, items in groups.items()}
+        if all("pos_did" in row for row in rows):
+            batch["ids"] = self._document_ids(rows)
+        return batch
+
+    def _document_ids(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """``positive`` (B,), ``query_positives`` (B, P, ``-1`` padded) and ``negative`` (B * k,) document ids."""
+        positives = [document_id(row["pos_did"]) for row in rows]
+        known = []
+        for row, positive in zip(rows, positives):
+            ids = {positive} | {document_id(did) for did in (row.get("pos_dids") or [])}
+            known.append(sorted(ids - {-1}) or [-1])
+        width = max(len(ids) for ids in known)
+        ids = {
+            "positive": torch.tensor(positives, dtype=torch.long),
+            "query_positives": torch.tensor([ids + [-1] * (width - len(ids)) for ids in known], dtype=torch.long),
+        }
+        if self.hard_negatives:
+            negatives = []
+            for row in rows:
+                listed = row.get("neg_dids")
+                if isinstance(row.get("neg_text"), (list, tuple)) or isinstance(row.get("neg_image"), (list, tuple)):
+                    # Parallel lists: entry j of neg_dids names negative j, when the row gives one per negative.
+                    names = list(listed) if isinstance(listed, (list, tuple)) else []
+                    names += [None] * (self.hard_negatives - len(names))
+                else:
+                    names = [row.get("neg_did")]
+                negatives += [document_id(did) for did in names[: self.hard_negatives]]
+            ids["negative"] = torch.tensor(negatives, dtype=torch.long)
+        return ids
 
     def _negatives(self, row: Mapping[str, Any], name: str) -> list[Any]:
         text, image = row.get("neg_text"), row.get("neg_image")

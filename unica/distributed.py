@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["gather_with_grad", "is_distributed", "rank_and_world_size"]
+__all__ = ["gather_ids", "gather_with_grad", "is_distributed", "rank_and_world_size"]
 
 
 def is_distributed() -> bool:
@@ -81,3 +81,26 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if not is_distributed() or dist.get_world_size() == 1:
         return tensor
     return _AllGatherWithGrad.apply(tensor)
+
+
+def gather_ids(ids: torch.Tensor, pad_value: int = -1) -> torch.Tensor:
+    """Concatenate integer id tensors from every process along dim 0 (no gradient).
+
+    Unlike :func:`gather_with_grad`, the processes' tensors may differ in their second dimension (e.g. a
+    different number of known positives per query): each is padded with ``pad_value`` to the widest.
+    Returns ``ids`` itself when not distributed.
+
+    Example:
+        >>> gather_ids(torch.tensor([[3, -1], [4, 5]])).tolist()  # one process
+        [[3, -1], [4, 5]]
+    """
+    if not is_distributed() or dist.get_world_size() == 1:
+        return ids
+    ids = ids.contiguous()
+    if ids.ndim == 2:
+        width = torch.tensor([ids.shape[1]], device=ids.device)
+        dist.all_reduce(width, op=dist.ReduceOp.MAX)
+        ids = torch.nn.functional.pad(ids, (0, int(width) - ids.shape[1]), value=pad_value)
+    parts = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, ids)
+    return torch.cat(parts, dim=0)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unica.distributed import gather_with_grad, rank_and_world_size
+from unica.distributed import gather_ids, gather_with_grad, rank_and_world_size
 
 __all__ = [
     "InfoNCELoss",
@@ -41,6 +41,8 @@ __all__ = [
     "RetrievalLoss",
     "RetrievalLossOutput",
     "check_psl_settings",
+    "false_negative_mask",
+    "known_positive_mask",
     "info_nce",
     "positive_similarity_loss",
     "retrieval_loss",
@@ -127,6 +129,69 @@ def _flatten_negatives(negatives: Tensor, query: Tensor) -> Tensor:
     raise ValueError(f"negatives must have shape (batch, k, dim) or (M, dim), got {tuple(negatives.shape)}")
 
 
+def known_positive_mask(query_positive_ids: Tensor, candidate_ids: Tensor) -> Tensor:
+    """``(Q, C)`` bool: candidate ``c``'s id is one of query ``q``'s known positives.
+
+    ``query_positive_ids`` is ``(Q, P)`` (every known positive of each query, padded with ``-1``) or ``(Q,)``;
+    ``candidate_ids`` is ``(C,)``. Negative ids mean "unknown" and never match.
+
+    Example:
+        >>> known_positive_mask(torch.tensor([[7, -1], [8, 9]]), torch.tensor([7, 9, -1])).tolist()
+        [[True, False, False], [False, True, False]]
+    """
+    if query_positive_ids.ndim == 1:
+        query_positive_ids = query_positive_ids[:, None]
+    if query_positive_ids.ndim != 2 or candidate_ids.ndim != 1:
+        raise ValueError(
+            f"query_positive_ids must be (queries, positives) and candidate_ids (candidates,), got "
+            f"{tuple(query_positive_ids.shape)} and {tuple(candidate_ids.shape)}"
+        )
+    same = query_positive_ids[:, :, None] == candidate_ids[None, None, :]
+    return (same & (candidate_ids >= 0)[None, None, :]).any(dim=1)
+
+
+def _mask_known_positives(logits: Tensor, known: Tensor, labels: Tensor) -> Tensor:
+    """Drop other columns that hold a query's known positive from its softmax (in-batch false negatives)."""
+    known = known.clone()
+    known[torch.arange(labels.shape[0], device=labels.device), labels] = False  # the label column stays
+    return logits.masked_fill(known, float("-inf"))
+
+
+def false_negative_mask(
+    query_positive_ids: Tensor,
+    positive_ids: Tensor,
+    negative_ids: Tensor | None = None,
+    num_negatives: int | None = None,
+) -> Tensor:
+    """``(B, B + num_negatives)`` bool, in one process: which candidate columns ``[positives; negatives]`` are
+    in-batch false negatives of each query (a known positive other than its own column ``i``).
+
+    Example:
+        >>> false_negative_mask(torch.tensor([5, 5, 6]), torch.tensor([5, 5, 6])).tolist()
+        [[False, True, False], [True, False, False], [False, False, False]]
+    """
+    columns = _candidate_ids(positive_ids, negative_ids, num_negatives, gather=False)
+    known = known_positive_mask(query_positive_ids, columns)
+    rows = torch.arange(known.shape[0], device=known.device)
+    known[rows, rows] = False
+    return known
+
+
+def _candidate_ids(positive_ids: Tensor, negative_ids: Tensor | None, num_negatives: int | None, gather: bool) -> Tensor:
+    """Ids of the candidate columns ``[positives; negatives]`` in the order :func:`info_nce` builds them."""
+    parts = [positive_ids.reshape(-1)]
+    if num_negatives is not None:
+        if negative_ids is None:  # negatives of unknown id: never masked
+            negative_ids = positive_ids.new_full((num_negatives,), -1)
+        negative_ids = negative_ids.reshape(-1)
+        if negative_ids.shape[0] != num_negatives:
+            raise ValueError(f"negative_ids has {negative_ids.shape[0]} ids for {num_negatives} negatives")
+        parts.append(negative_ids)
+    if gather:
+        parts = [gather_ids(part) for part in parts]
+    return torch.cat(parts)
+
+
 def info_nce(
     query: Tensor,
     positives: Tensor,
@@ -134,6 +199,9 @@ def info_nce(
     temperature: float | Tensor = 0.05,
     symmetric: bool = False,
     gather_across_processes: bool = False,
+    positive_ids: Tensor | None = None,
+    negative_ids: Tensor | None = None,
+    query_positive_ids: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE (multiple-negatives ranking) loss with in-batch, hard and cross-process negatives.
 
@@ -151,6 +219,13 @@ def info_nce(
             tensor (e.g. a learnable one, see :class:`InfoNCELoss`).
         symmetric: add the positive→query term.
         gather_across_processes: use the candidates of all processes (a no-op in one process).
+        positive_ids: ``(B,)`` integer id of each positive (e.g. a hash of its ``did``; ``-1`` = unknown).
+            With it, a candidate that is a *known positive* of a query (the same document reached
+            through another row, common in M-BEIR) is left out of that query's softmax instead of being
+            scored as a negative; the same holds for the symmetric term.
+        negative_ids: ``(B, k)`` / ``(B * k,)`` ids of the hard negatives (``-1`` = unknown).
+        query_positive_ids: ``(B, P)`` every known positive of each query (``-1`` padded); default
+            ``positive_ids`` (each query's own positive).
 
     Returns:
         The scalar mean loss over this process's queries.
@@ -169,6 +244,7 @@ def info_nce(
     if negatives is not None:
         candidates.append(F.normalize(_flatten_negatives(negatives, query), dim=-1))
 
+    local_negatives = candidates[1].shape[0] if negatives is not None else None
     rank = 0
     if gather_across_processes:
         rank, _ = rank_and_world_size()
@@ -176,12 +252,28 @@ def info_nce(
     labels = torch.arange(batch_size, device=query.device) + rank * batch_size
 
     logits = query @ torch.cat(candidates, dim=0).T / temperature
+    if query_positive_ids is None and positive_ids is not None:
+        query_positive_ids = positive_ids
+    if query_positive_ids is not None:
+        if positive_ids is None:
+            raise ValueError("query_positive_ids needs positive_ids (the id of each positive) to find false negatives")
+        column_ids = _candidate_ids(positive_ids, negative_ids, local_negatives, gather_across_processes)
+        logits = _mask_known_positives(logits, known_positive_mask(query_positive_ids, column_ids), labels)
     loss = F.cross_entropy(logits, labels)
     if symmetric:
         all_queries = gather_with_grad(query) if gather_across_processes else query
         reverse_logits = positives @ all_queries.T / temperature
+        if query_positive_ids is not None:
+            # Positive j against every query i: i is a false negative when j's document is a known positive of i.
+            all_known = gather_ids(_as_matrix(query_positive_ids)) if gather_across_processes else query_positive_ids
+            known = known_positive_mask(all_known, positive_ids.reshape(-1)).T
+            reverse_logits = _mask_known_positives(reverse_logits, known, labels)
         loss = (loss + F.cross_entropy(reverse_logits, labels)) / 2
     return loss
+
+
+def _as_matrix(ids: Tensor) -> Tensor:
+    return ids[:, None] if ids.ndim == 1 else ids
 
 
 def positive_similarity_loss(
@@ -259,11 +351,15 @@ def retrieval_loss(
     psl_margin: float = 0.8,
     symmetric: bool = False,
     gather_across_processes: bool = False,
+    positive_ids: Tensor | None = None,
+    negative_ids: Tensor | None = None,
+    query_positive_ids: Tensor | None = None,
 ) -> RetrievalLossOutput:
     """UniCA's training objective: ``info_nce + psl_weight * positive_similarity_loss``.
 
     ``psl_weight=0`` is the "PSL off" ablation (PSL is then still reported, detached). Shapes and
-    the other arguments are those of :func:`info_nce` and :func:`positive_similarity_loss`.
+    the other arguments are those of :func:`info_nce` (the ids mask in-batch false negatives) and
+    :func:`positive_similarity_loss`.
 
     Example:
         >>> q = torch.tensor([[1.0, 0.0], [0.0, 1.0]]); p = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
@@ -281,6 +377,9 @@ def retrieval_loss(
         temperature=temperature,
         symmetric=symmetric,
         gather_across_processes=gather_across_processes,
+        positive_ids=positive_ids,
+        negative_ids=negative_ids,
+        query_positive_ids=query_positive_ids,
     )
     if psl_weight == 0:
         with torch.no_grad():
@@ -408,12 +507,27 @@ class RetrievalLoss(nn.Module):
         self.psl = PositiveSimilarityLoss(variant=psl_variant, margin=psl_margin)
         self.psl_weight = psl_weight
 
-    def forward(self, query: Tensor, positives: Tensor, negatives: Tensor | None = None) -> RetrievalLossOutput:
+    def forward(
+        self,
+        query: Tensor,
+        positives: Tensor,
+        negatives: Tensor | None = None,
+        *,
+        temperature: float | Tensor | None = None,
+        positive_ids: Tensor | None = None,
+        negative_ids: Tensor | None = None,
+        query_positive_ids: Tensor | None = None,
+    ) -> RetrievalLossOutput:
+        """``temperature`` overrides the module's (e.g. a model's learnable ``UniCAModel.temperature``); the
+        ids mask in-batch false negatives (:func:`info_nce`)."""
         return retrieval_loss(
             query,
             positives,
             negatives,
-            temperature=self.info_nce.temperature,
+            temperature=self.info_nce.temperature if temperature is None else temperature,
+            positive_ids=positive_ids,
+            negative_ids=negative_ids,
+            query_positive_ids=query_positive_ids,
             psl_weight=self.psl_weight,
             psl_variant=self.psl.variant,
             psl_margin=self.psl.margin,

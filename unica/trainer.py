@@ -23,6 +23,8 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,17 +33,22 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from transformers import Trainer
+from transformers.trainer_utils import TrainOutput
 
 from modeling_unica import UniCAModel
-from unica.checkpointing import load_training_checkpoint, write_training_checkpoint
+from unica.checkpointing import completed_run, load_training_checkpoint, training_record, write_training_checkpoint
 from unica.distributed import is_distributed
 from unica.grad_cache import cached_retrieval_loss
-from unica.losses import RetrievalLossOutput, retrieval_loss
+from unica.losses import RetrievalLossOutput, false_negative_mask, retrieval_loss
 from unica.training_args import FREEZE_CHOICES, UniCATrainingArguments
 from unica.training_data import check_batch_fits_data, concat_inputs, prepare_dataset, prepare_training_data
 from unica.tuning import apply_freeze, apply_lora, has_lora, split_fusion_groups
 
 logger = logging.getLogger(__name__)
+
+# Parameters kept out of weight decay besides transformers' own (biases, norms): the temperature, and the
+# Bi-CA gates, whose decay would pull Bi-CA back toward the concat baseline and bias the ablation.
+_NO_DECAY = re.compile(r"(^|\.)logit_scale$|_gate$")
 
 # The arguments, freezing / LoRA and data helpers live in their own modules; importable from here as before.
 __all__ = ["FREEZE_CHOICES", "UniCATrainer", "UniCATrainingArguments", "apply_freeze", "apply_lora", "concat_inputs",
@@ -59,6 +66,12 @@ class UniCATrainer(Trainer):
     - ``save_model``: a complete UniCA checkpoint folder, written atomically; with LoRA the weights
       are merged (``merge_lora``) and the adapter is saved in ``lora_adapter/`` as well.
     - ``args.freeze`` and ``args.lora_r`` are applied to the model when the trainer is built.
+    - the temperature is the model's ``logit_scale`` weight (CLIP's), set from ``args.temperature`` when the
+      trainer is built and trained when ``args.learnable_temperature``; it and the Bi-CA gates get no
+      weight decay.
+    - rows that name their documents (``pos_did`` / ``pos_dids``) have in-batch false negatives masked.
+    - ``training_data`` (e.g. a Hub dataset id) is recorded in ``training_record.json`` and the model card
+      that every save writes.
 
     ``data_collator`` defaults to :class:`RetrievalCollator` on ``processing_class`` (the processor);
     a ``RetrievalCollator`` built with the default ``hard_negatives=0`` takes ``args.hard_negatives``.
@@ -73,6 +86,7 @@ class UniCATrainer(Trainer):
         train_dataset: Any = None,
         eval_dataset: Any = None,
         processing_class: Any = None,
+        training_data: str | None = None,
         **kwargs: Any,
     ) -> None:
         if model is None:
@@ -91,6 +105,10 @@ class UniCATrainer(Trainer):
         if args.lora_r and not has_lora(model):
             apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
         apply_freeze(model, args.freeze)
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(1.0 / args.temperature))
+        model.logit_scale.requires_grad_(args.learnable_temperature)
+        self.training_data = training_data
         self.loss_module = args.loss_module()
         super().__init__(
             model=model,
@@ -114,11 +132,27 @@ class UniCATrainer(Trainer):
         )
 
     # ------------------------------------------------------------------ training
-    def train(self, *args: Any, **kwargs: Any) -> Any:
-        """``Trainer.train`` after checking that one batch fits in the training data."""
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train`` after checking that one batch fits in the training data.
+
+        Resuming from a checkpoint of a run that already reached its end (``max_steps``, or every epoch)
+        trains nothing and writes nothing: the model gets the checkpoint's weights, and the returned
+        ``TrainOutput`` has ``metrics["run_complete"] = True``.
+        """
         # A batch larger than the data would train smaller batches than configured (or none): refuse it.
         check_batch_fits_data(self.train_dataset, self._train_batch_size, self.args)
-        return super().train(*args, **kwargs)
+        if isinstance(resume_from_checkpoint, str):
+            state = completed_run(resume_from_checkpoint, self.args)
+            if state is not None:
+                logger.warning(
+                    "the run in %s is complete (step %d of max_steps=%d): nothing to train, nothing written; raise "
+                    "max_steps (or num_train_epochs) to train further", resume_from_checkpoint, state.global_step,
+                    state.max_steps)
+                self._load_from_checkpoint(resume_from_checkpoint)
+                self.state = state
+                loss = next((entry["train_loss"] for entry in reversed(state.log_history) if "train_loss" in entry), 0.0)
+                return TrainOutput(state.global_step, float(loss), {"run_complete": True})
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ------------------------------------------------------------------ loss
     def _pad_token_id(self) -> int:
@@ -132,18 +166,33 @@ class UniCATrainer(Trainer):
         sizes = [group["image_mask"].shape[0] for group in groups]
         return list(torch.split(embeddings, sizes))
 
+    def _temperature(self, model: nn.Module) -> float | Tensor:
+        """The model's learnable temperature (a tensor in the graph), or ``args.temperature``."""
+        if self.args.learnable_temperature:
+            return self.accelerator.unwrap_model(model).temperature
+        return self.args.temperature
+
+    @staticmethod
+    def _id_kwargs(inputs: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The loss's false-negative ids from a batch's ``"ids"`` group (:class:`RetrievalCollator`), if any."""
+        ids = inputs.get("ids") or {}
+        names = {"positive": "positive_ids", "negative": "negative_ids", "query_positives": "query_positive_ids"}
+        return {names[key]: value for key, value in ids.items() if key in names}
+
     def _loss_outputs(self, model: nn.Module, inputs: Mapping[str, Any]) -> RetrievalLossOutput:
         query, positive, negative = inputs["query"], inputs["positive"], inputs.get("negative")
+        loss_kwargs = {"temperature": self._temperature(model), **self._id_kwargs(inputs)}
         if self.args.cache_chunk_size and torch.is_grad_enabled():
             return cached_retrieval_loss(lambda batch: model(**batch).embeddings, query, positive, negative,
-                                         chunk_size=self.args.cache_chunk_size, loss_fn=self.loss_module, model=model)
+                                         chunk_size=self.args.cache_chunk_size, loss_fn=self.loss_module, model=model,
+                                         **loss_kwargs)
         groups = [query, positive] + ([negative] if negative is not None else [])
         embeddings = self._embed_groups(model, groups)
         negatives = None
         if negative is not None:
             batch_size, dim = embeddings[0].shape
             negatives = embeddings[2].view(batch_size, -1, dim)
-        return self.loss_module(embeddings[0], embeddings[1], negatives)
+        return self.loss_module(embeddings[0], embeddings[1], negatives, **loss_kwargs)
 
     def compute_loss(
         self,
@@ -162,24 +211,14 @@ class UniCATrainer(Trainer):
             self._train_parts.append(torch.stack([output.info_nce.detach(), output.psl, output.temperature.float()]))
         return (output.loss, output) if return_outputs else output.loss
 
-    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Tensor:
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        # The learnable temperature lives outside the DDP-wrapped model: average its gradient ourselves.
-        if is_distributed() and self.args.learnable_temperature:
-            for parameter in self.loss_module.parameters():
-                if parameter.grad is not None:
-                    dist.all_reduce(parameter.grad)
-                    parameter.grad /= dist.get_world_size()
-        return loss
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """transformers' choice (no decay on biases and norms), minus the temperature and the Bi-CA gates."""
+        return [name for name in super().get_decay_parameter_names(model) if not _NO_DECAY.search(name)]
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         optimizer = super().create_optimizer(model)
         if self.args.fusion_learning_rate is not None:
             split_fusion_groups(optimizer, self.accelerator.unwrap_model(self.model), self.args.fusion_learning_rate)
-        extra = [p for p in self.loss_module.parameters() if p.requires_grad]
-        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        if extra and not any(id(p) in known for p in extra):
-            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
         return optimizer
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -209,13 +248,19 @@ class UniCATrainer(Trainer):
             batch_size, dim = query.shape
             negatives = embeddings[2].view(batch_size, -1, dim) if len(embeddings) == 3 else None
             # Not self.loss_module: evaluation never gathers other processes' candidates.
-            output = retrieval_loss(query, positives, negatives, temperature=self.loss_module.info_nce.temperature,
+            ids = self._id_kwargs(inputs)
+            output = retrieval_loss(query, positives, negatives, temperature=self._temperature(model),
                                     psl_weight=self.args.psl_weight, psl_variant=self.args.psl_variant,
-                                    psl_margin=self.args.psl_margin, symmetric=self.args.symmetric_loss)
+                                    psl_margin=self.args.psl_margin, symmetric=self.args.symmetric_loss, **ids)
             labels = torch.arange(batch_size, device=query.device)
-            correct = (query @ positives.T).argmax(dim=1).eq(labels).sum()
             candidates = positives if negatives is None else torch.cat([positives, negatives.reshape(-1, dim)])
-            correct_with_negatives = (query @ candidates.T).argmax(dim=1).eq(labels).sum()
+            scores = query @ candidates.T
+            if "positive_ids" in ids:  # another row's copy of this query's positive is not a wrong answer
+                known = false_negative_mask(ids.get("query_positive_ids", ids["positive_ids"]), ids["positive_ids"],
+                                            ids.get("negative_ids"), scores.shape[1] - batch_size or None)
+                scores = scores.masked_fill(known, float("-inf"))
+            correct = scores[:, :batch_size].argmax(dim=1).eq(labels).sum()
+            correct_with_negatives = scores.argmax(dim=1).eq(labels).sum()
             stats = torch.stack(
                 [
                     correct.double(),
@@ -263,7 +308,8 @@ class UniCATrainer(Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
             model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-            write_training_checkpoint(Path(output_dir), model, self.processing_class, self.args, self.loss_module)
+            record = training_record(self.args, self.state, self.training_data, self.train_dataset)
+            write_training_checkpoint(Path(output_dir), model, self.processing_class, self.args, record)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
@@ -274,7 +320,7 @@ class UniCATrainer(Trainer):
         save (e.g. ViT), so only ``from_pretrained`` finds them; LoRA adapters come from ``lora_adapter/``.
         """
         unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
-        load_training_checkpoint(unwrapped, resume_from_checkpoint, self.loss_module)
+        load_training_checkpoint(unwrapped, resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         """``load_best_model_at_end``: load the best checkpoint the way a resume does.

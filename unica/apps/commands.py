@@ -127,10 +127,12 @@ def run_encode(args: argparse.Namespace) -> int:
 
 
 def run_card(args: argparse.Namespace) -> int:
+    from eval.cache import fingerprint_model_dir
     from unica.card import write_model_card
 
     path = write_model_card(args.checkpoint, results_path=args.results, ablation_path=args.ablation,
-                            repo_id=args.repo_id, training_data=args.training_data)
+                            repo_id=args.repo_id, training_data=args.training_data,
+                            checkpoint_fingerprint=fingerprint_model_dir(args.checkpoint))
     logger.info("wrote %s", path)
     return 0
 

@@ -66,6 +66,7 @@ def upload_validated_folder(
             repo_id=repo_id,
             repo_type=repo_type,
             folder_path=str(folder),
+            allow_patterns=list(files),  # only what was validated: never checkpoint-N/, logs or stray files
             revision=revision,
             commit_message=commit_message or f"Upload {Path(folder).name} ({len(files)} files)",
         )
