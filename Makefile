@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint clean vista-reference
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+# The reference VISTA implementation for tests/test_vista.py (FlagEmbedding 1.2.11's Visualized_BGE and what it
+# imports), in its own folder beside the venv: torchvision is only on the registry as a CUDA build, which must not
+# be importable in the project's venv (transformers would pick it up). tests/vista_reference.py runs it.
+vista-reference: venv
+	$(PY) -m pip install -q --no-deps --target .vista-reference "FlagEmbedding==1.2.11" "timm==1.0.31" \
+		"einops==0.8.2" "ftfy==6.3.1" "wcwidth==0.9.4" "torchvision==0.28.0"
 
 clean:
 	rm -rf demo-output .pytest_cache build *.egg-info

@@ -6,6 +6,8 @@ This file is shipped to the Hub as remote code: it imports only transformers.
 
 from __future__ import annotations
 
+import math
+
 from transformers import AutoConfig, PretrainedConfig
 
 try:  # transformers >= 5 describes composite sub-configs with SubConfigSpec
@@ -13,10 +15,13 @@ try:  # transformers >= 5 describes composite sub-configs with SubConfigSpec
 except ImportError:  # pragma: no cover - older transformers
     SubConfigSpec = None
 
+# Registers the EVA02-CLIP vision config (VISTA's tower) with AutoConfig, so vision_config can name it.
+from .configuration_eva_clip import EvaClipVisionConfig  # noqa: E402,F401
+
 FUSIONS = ("bica", "concat")
 POOLINGS = ("cls", "mean")
 # Vision towers whose output is a sequence of patch tokens (with or without a CLS token).
-VISION_MODEL_TYPES = ("clip_vision_model", "siglip_vision_model", "vit", "dinov2")
+VISION_MODEL_TYPES = ("clip_vision_model", "siglip_vision_model", "vit", "dinov2", EvaClipVisionConfig.model_type)
 
 _DEFAULT_TEXT = {
     "model_type": "bert",
@@ -73,7 +78,8 @@ class UniCAConfig(PretrainedConfig):
             Config of the BERT-family text encoder (BERT, RoBERTa, XLM-R, ...). Its embedding layer and
             encoder layers are reused for the fused sequence.
         vision_config (`dict` or `PretrainedConfig`, *optional*):
-            Config of the vision tower: CLIP-vision, SigLIP-vision or ViT.
+            Config of the vision tower: CLIP-vision, SigLIP-vision, ViT, DINOv2 or EVA02-CLIP
+            (`EvaClipVisionConfig`, VISTA's tower).
         fusion (`str`, *optional*, defaults to `"bica"`):
             `"bica"` (UniCA: Bi-directional Cross-Attention layers before the concatenation) or `"concat"`
             (VISTA / Visualized-BGE: image tokens concatenated into the text encoder's input).
@@ -89,8 +95,17 @@ class UniCAConfig(PretrainedConfig):
             saved checkpoint records the temperature that weight holds. (Not named `temperature`: transformers reserves that name for generation and refuses to save
             it in a model config. `temperature=` is accepted as an alias.)
         max_text_length (`int`, *optional*, defaults to 512): tokens kept per text (longer texts are truncated).
+        image_size (`int`, *optional*): side in pixels of the images the model takes, when not the vision tower's own
+            `vision_config.image_size`: the processor resizes images to it and the tower interpolates its position
+            embeddings. Every patch token takes one of the text encoder's positions, so a tower whose native
+            resolution makes more tokens than those positions (DINOv2 at 518 px, CLIP-L/14-336,
+            SigLIP-so400m-384 with a 512-position BERT) needs a smaller `image_size`.
         empty_text_ids (`list[int]`, *optional*, defaults to `[101, 102]`): the tokenizer's ids for an empty text
             (`[CLS] [SEP]` for BERT vocabularies), used when a batch has images and no text at all.
+        fused_position_start (`int`, *optional*): position id of [CLS] in a sequence with an image (image tokens take
+            the next ones, the text continues after them). `None` (the default): the text encoder's own first position
+            (`padding_idx + 1` for RoBERTa-style encoders, 0 for BERT). VISTA numbers from 0 for every encoder, so a
+            converted Visualized_m3 (XLM-RoBERTa) checkpoint sets 0.
 
     Example:
 
@@ -129,6 +144,8 @@ class UniCAConfig(PretrainedConfig):
         contrastive_temperature: float = 0.02,
         max_text_length: int = 512,
         empty_text_ids: list[int] | None = None,
+        image_size: int | None = None,
+        fused_position_start: int | None = None,
         **kwargs,
     ):
         if "temperature" in kwargs:
@@ -147,6 +164,8 @@ class UniCAConfig(PretrainedConfig):
         self.contrastive_temperature = contrastive_temperature
         self.max_text_length = max_text_length
         self.empty_text_ids = list(empty_text_ids) if empty_text_ids is not None else [101, 102]
+        self.image_size = image_size
+        self.fused_position_start = fused_position_start
         super().__init__(**kwargs)
         self.validate_unica()
 
@@ -183,14 +202,38 @@ class UniCAConfig(PretrainedConfig):
                 f"vision_config.model_type must be one of {VISION_MODEL_TYPES}, got {self.vision_config.model_type!r}"
             )
         check_vision_sizes(self.vision_config)
-        if max_positions is not None and self.num_image_tokens + 2 > max_positions:
+        start = self.fused_position_start
+        if start is not None and (not isinstance(start, int) or isinstance(start, bool) or start < 0):
+            raise ValueError(f"fused_position_start must be an integer >= 0 or None, got {start!r}")
+        patch = self.vision_config.patch_size
+        if self.image_size is not None and (
+            not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < patch
+        ):
             raise ValueError(
-                f"the vision tower makes {self.num_image_tokens} image tokens but the text encoder has only "
-                f"{max_positions} position embeddings; use a larger patch_size or a smaller image_size in vision_config"
+                f"image_size must be an integer >= vision_config.patch_size ({patch}), got {self.image_size!r} "
+                "(or None for the vision tower's own vision_config.image_size)"
             )
+        if max_positions is not None and self.num_image_tokens + 2 > max_positions:
+            fit = math.isqrt(max_positions - 2) * patch if max_positions > 2 else 0
+            fix = (
+                f"pass image_size={fit} or smaller (UniCAConfig / from_components / init_model; unica init "
+                f"--image-size {fit}): images are then resized to it and the vision tower's position embeddings "
+                "interpolated; smaller sizes leave more positions to the text. A tower trained from scratch may "
+                "instead take a larger patch_size or a smaller image_size in vision_config"
+                if fit else "use a text encoder with more position embeddings"
+            )
+            raise ValueError(
+                f"the vision tower makes {self.num_image_tokens} image tokens ({self.input_image_size} px images in "
+                f"{patch} px patches) but the text encoder has only {max_positions} position embeddings (each image "
+                f"token takes one, [CLS] and [SEP] take two); {fix}"
+            )
+
+    @property
+    def input_image_size(self) -> int:
+        """Side in pixels of the images the model takes: `image_size` if set, else `vision_config.image_size`."""
+        return self.image_size if self.image_size is not None else self.vision_config.image_size
 
     @property
     def num_image_tokens(self) -> int:
         """Patch tokens per image (the vision tower's CLS token, if any, is not counted)."""
-        vision = self.vision_config
-        return (vision.image_size // vision.patch_size) ** 2
+        return (self.input_image_size // self.vision_config.patch_size) ** 2

@@ -163,19 +163,30 @@ class MissingImages:
             )
 
 
+def decode_image(cell: Any) -> Any:
+    """Decode one image with the processor's safe loader; returns an RGB ``PIL.Image``.
+
+    ``cell`` is what an ``Image(decode=False)`` column holds (``{"bytes": ..., "path": ...}``), bytes or a
+    path. The loader is the one training and evaluation use (EXIF orientation, modes, truncation,
+    decompression-bomb limit): a missing file raises ``FileNotFoundError``, anything else that is not a
+    readable image a ``ValueError`` (never PIL's own errors), so a caller can name the row that holds it.
+    """
+    # The remote-code loader pulls in torch and transformers: imported here, when an image is decoded.
+    from modeling_unica.processing_unica import load_image
+
+    return load_image(cell)
+
+
 def image_problem(path: Path) -> str | None:
     """Why ``path`` is not a usable image (``"missing"`` or the safe loader's message), or ``None`` when it is.
 
-    Decodes the file with the processor's own loader, so what passes here also loads at training and
-    evaluation time (EXIF, modes, truncation, decompression-bomb limit).
+    Decodes the file with the processor's own loader (:func:`decode_image`), so what passes here also
+    loads at training and evaluation time (EXIF, modes, truncation, decompression-bomb limit).
     """
-    # The remote-code loader pulls in torch and transformers: imported here, when images are checked.
-    from modeling_unica.processing_unica import load_image
-
     if not path.is_file():
         return "missing"
     try:
-        load_image(path)
+        decode_image(path)
     except (ValueError, FileNotFoundError) as error:
         return str(error)
     return None

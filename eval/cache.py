@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -159,9 +160,15 @@ def fingerprint_records(ids: Iterable[Any], contents: Iterable[Any] | None = Non
     """sha256 over candidate ids and, when given, their content (text, image bytes / paths / PIL
     images, or ``{"text": ..., "image": ...}`` dicts), in order.
 
+    ``contents`` is consumed as a stream (one record at a time), so a generator over a memory-mapped
+    table fingerprints a corpus of any size without holding it: the harness passes the undecoded image
+    bytes (``eval.harness.LazyItems.contents``), never decoded images.
+
     Example:
         >>> fingerprint_records(["d1"], ["a cat"]) == fingerprint_records(["d1"], ["a dog"])
         False
+        >>> fingerprint_records(["d1"], iter(["a cat"])) == fingerprint_records(["d1"], ["a cat"])
+        True
     """
     digest = hashlib.sha256(b"unica-records-fingerprint-v1\n")
     ids = list(ids)
@@ -171,12 +178,14 @@ def fingerprint_records(ids: Iterable[Any], contents: Iterable[Any] | None = Non
         for doc_id in ids:
             digest.update(hashlib.sha256(_content_bytes(str(doc_id))).digest())
         return digest.hexdigest()
-    contents = list(contents)
-    if len(contents) != len(ids):
-        raise ValueError(f"got {len(ids)} ids but {len(contents)} contents; pass one content per id")
-    for doc_id, content in zip(ids, contents):
+    count, missing = 0, object()
+    for doc_id, content in itertools.zip_longest(ids, contents, fillvalue=missing):
+        if doc_id is missing or content is missing:
+            given = "more" if doc_id is missing else str(count)
+            raise ValueError(f"got {len(ids)} ids but {given} contents; pass one content per id")
         digest.update(hashlib.sha256(_content_bytes(str(doc_id))).digest())
         digest.update(hashlib.sha256(_content_bytes(content)).digest())
+        count += 1
     return digest.hexdigest()
 
 

@@ -75,14 +75,18 @@ class SentenceTransformerEncoder:
         self.batch_size = batch_size
 
     def encode(self, items: Sequence[Any], batch_size: int | None = None, show_progress: bool = False,
-               desc: str = "encoding") -> np.ndarray:
+               desc: str = "encoding", role: str | None = None) -> np.ndarray:
         """Embed items (texts, images, ``{"text", "image"}`` dicts) into ``(len(items), dim)`` float32 rows.
 
-        ``desc`` is accepted for the harness and not shown (sentence-transformers labels its own bar).
+        ``role`` (``"query"`` / ``"document"``) picks the model's prompt of that name, where it has one (as
+        ``encode_query`` / ``encode_document`` do). ``desc`` is accepted for the harness and not shown
+        (sentence-transformers labels its own bar).
         """
+        prompts = getattr(self.model, "prompts", None) or {}
+        prompt_name = role if role is not None and role in prompts else None
         items = list(items)
         if not items:
             raise ValueError("nothing to encode: the list of items is empty")
         embeddings = self.model.encode(items, batch_size=batch_size or self.batch_size, show_progress_bar=show_progress,
-                                       convert_to_numpy=True, normalize_embeddings=True)
+                                       convert_to_numpy=True, normalize_embeddings=True, prompt_name=prompt_name)
         return np.asarray(embeddings, dtype=np.float32)

@@ -1,8 +1,12 @@
 """FAISS search over embeddings with string ids: exact inner product, IVF, HNSW or IVF-PQ.
 
-Embeddings may arrive in shards (one ``.npy`` per shard, each with its ids in a ``.ids.json``
-beside it, as written by :func:`save_embedding_shard`); :func:`build_index_from_shards` streams
-them (memory-mapped, in chunks) into one index, so the float32 matrix never has to be held twice.
+Embeddings may arrive in shards (one ``.npy`` per shard, each with its ids in a ``.ids.json`` and
+a :class:`ShardManifest` in a ``.manifest.json`` beside it, as written by :func:`save_embedding_shard`);
+:func:`build_index_from_shards` streams them (memory-mapped, in chunks) into one index, so the float32
+matrix never has to be held twice. Before merging, :func:`check_shards` refuses shards that were
+encoded by another model or from other data (the manifests' fingerprints), that disagree with their
+manifest, or whose ids miss or repeat ids of the pool they were cut from, so stale shards are never
+scored silently.
 
 Example:
     >>> import numpy as np
@@ -15,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -35,6 +40,8 @@ logger = logging.getLogger(__name__)
 INDEX_KINDS: tuple[str, ...] = ("flat", "ivf", "hnsw", "ivfpq")
 _ADD_CHUNK_ROWS = 65_536
 _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.npy$")
+SHARD_MANIFEST_FORMAT = 1
+_RERUN = "re-run the shards (--shard i/n) with this model and data, or use a fresh --shard-dir"
 
 
 @dataclass(frozen=True)
@@ -374,7 +381,12 @@ def shard_paths(directory: str | os.PathLike, prefix: str = "embeddings") -> lis
     total = totals.pop()
     missing = [i for i in range(total) if i not in found]
     if missing:
-        raise FileNotFoundError(f"{directory} lacks shards {missing} of {total}; encode them before building the index")
+        names = ", ".join(f"{prefix}-{i:05d}-of-{total:05d}.npy" for i in missing[:3])
+        names += ", ..." if len(missing) > 3 else ""
+        raise FileNotFoundError(
+            f"{directory} lacks shards {missing} of {total} ({names}); encode them (--shard {missing[0]}/{total} "
+            "with the same --shard-dir) before building the index"
+        )
     paths = [found[i] for i in range(total)]
     for path in paths:
         if not _ids_path(path).is_file():
@@ -386,6 +398,56 @@ def _ids_path(shard: Path) -> Path:
     return shard.with_name(shard.name[: -len(".npy")] + ".ids.json")
 
 
+def manifest_path(shard: str | os.PathLike) -> Path:
+    """Where the :class:`ShardManifest` of a ``.npy`` shard lives (``<name>.manifest.json`` beside it)."""
+    shard = Path(shard)
+    return shard.with_name(shard.name[: -len(".npy")] + ".manifest.json")
+
+
+def ids_digest(ids: Sequence[str]) -> str:
+    """sha256 of a list of ids, in order (what a :class:`ShardManifest` records of its shard's ids).
+
+    Example:
+        >>> ids_digest(["a", "b"]) == ids_digest(["b", "a"])
+        False
+    """
+    return hashlib.sha256(json.dumps([str(doc_id) for doc_id in ids]).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardManifest:
+    """What one embedding shard was encoded from; written beside it and checked by :func:`check_shards`.
+
+    Attributes:
+        shard_index, num_shards: which shard of how many (``--shard i/n``).
+        count: rows of the shard (= its ids).
+        ids_sha256: :func:`ids_digest` of the shard's ids.
+        encoder_fingerprint: the encoder that produced the rows (``None`` when the writer gave none).
+        data_fingerprint: the data of the whole pool the shard was cut from, e.g.
+            ``eval.cache.fingerprint_records(pool ids, contents)`` (``None`` when the writer gave none).
+        format: the manifest format version.
+    """
+
+    shard_index: int
+    num_shards: int
+    count: int
+    ids_sha256: str
+    encoder_fingerprint: str | None = None
+    data_fingerprint: str | None = None
+    format: int = SHARD_MANIFEST_FORMAT
+
+    @classmethod
+    def read(cls, shard: str | os.PathLike) -> ShardManifest | None:
+        """The manifest of a ``.npy`` shard; ``None`` when it has none, ``ValueError`` when it is unreadable."""
+        path = manifest_path(shard)
+        if not path.is_file():
+            return None
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as error:
+            raise ValueError(f"shard manifest {path} cannot be read ({error}); {_RERUN}") from None
+
+
 def save_embedding_shard(
     directory: str | os.PathLike,
     embeddings: np.ndarray,
@@ -393,9 +455,16 @@ def save_embedding_shard(
     shard_index: int,
     num_shards: int,
     prefix: str = "embeddings",
+    *,
+    encoder_fingerprint: str | None = None,
+    data_fingerprint: str | None = None,
 ) -> Path:
-    """Write one shard (``.npy`` + ``.ids.json``, each atomically, the pair under the shard's lock) for
-    :func:`build_index_from_shards`.
+    """Write one shard for :func:`build_index_from_shards`: ``.npy``, ``.ids.json`` and ``.manifest.json``
+    (a :class:`ShardManifest`: shard i/n, count, the ids' digest and the given fingerprints), each
+    atomically, the three under the shard's lock, the manifest last.
+
+    ``encoder_fingerprint`` (the model) and ``data_fingerprint`` (the whole pool the shard is cut from)
+    let a merge refuse shards of another model or other data; pass both when sharding an evaluation.
 
     Example:
         >>> import numpy as np, tempfile
@@ -412,23 +481,107 @@ def save_embedding_shard(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{prefix}-{shard_index:05d}-of-{num_shards:05d}.npy"
+    manifest = ShardManifest(shard_index=shard_index, num_shards=num_shards, count=len(ids),
+                             ids_sha256=ids_digest(ids), encoder_fingerprint=encoder_fingerprint,
+                             data_fingerprint=data_fingerprint)
     with file_lock(path):
         with atomic_path(path) as temporary:
             with open(temporary, "wb") as handle:
                 np.save(handle, embeddings)
         _write_json(_ids_path(path), ids)
+        atomic_write(manifest_path(path), json.dumps(asdict(manifest), indent=1))
     return path
+
+
+def check_shards(
+    paths: Sequence[str | os.PathLike],
+    *,
+    encoder_fingerprint: str | None = None,
+    data_fingerprint: str | None = None,
+    expected_ids: Sequence[str] | None = None,
+) -> list[list[str]]:
+    """Check shards before they are merged; returns each shard's ids (read from its ``.ids.json``).
+
+    Refused with a ``ValueError`` naming the shard file and the fix:
+
+    * a shard whose manifest records another ``encoder_fingerprint`` or ``data_fingerprint`` than the
+      given ones (or that has no manifest when one is given): a stale shard of another model or data;
+    * a shard whose ids file disagrees with its manifest (count, digest, shard i/n of its name);
+    * an id in two shards, and, with ``expected_ids`` (the pool's ids), an id of the pool that no shard
+      holds or a shard id that is not in the pool.
+    """
+    paths = [Path(path) for path in paths]
+    expected = None if expected_ids is None else {str(doc_id) for doc_id in expected_ids}
+    holder: dict[str, Path] = {}  # id -> the shard holding it
+    all_ids = []
+    for path in paths:
+        ids = json.loads(_ids_path(path).read_text(encoding="utf-8"))
+        _check_manifest(path, ids, encoder_fingerprint, data_fingerprint)
+        for doc_id in ids:
+            if doc_id in holder:
+                where = "twice in shard" if holder[doc_id] == path else f"in shard {holder[doc_id]} and again in shard"
+                raise ValueError(f"id {doc_id!r} is {where} {path}; {_RERUN}")
+            if expected is not None and doc_id not in expected:
+                raise ValueError(f"shard {path} holds id {doc_id!r}, which is not in the pool being evaluated; {_RERUN}")
+            holder[doc_id] = path
+        all_ids.append(ids)
+    if expected is not None and len(holder) != len(expected):
+        missing = [doc_id for doc_id in expected_ids if str(doc_id) not in holder]
+        folder = paths[0].parent if paths else "the shard folder"
+        raise ValueError(
+            f"the shards in {folder} lack {len(missing)} of the pool's {len(expected)} candidate ids, e.g. "
+            f"{missing[:3]}; {_RERUN}"
+        )
+    return all_ids
+
+
+def _check_manifest(path: Path, ids: list[str], encoder_fingerprint: str | None, data_fingerprint: str | None) -> None:
+    """Refuse a shard whose manifest disagrees with its ids or name, or records other fingerprints."""
+    manifest = ShardManifest.read(path)
+    if manifest is None:
+        if encoder_fingerprint is not None or data_fingerprint is not None:
+            raise ValueError(
+                f"shard {path} has no manifest ({manifest_path(path).name}): it was written before shards recorded "
+                f"their model and data, or its writer was killed; {_RERUN}"
+            )
+        return
+    name = _SHARD_RE.match(path.name)
+    if (
+        manifest.count != len(ids)
+        or manifest.ids_sha256 != ids_digest(ids)
+        or (name and (int(name["index"]), int(name["total"])) != (manifest.shard_index, manifest.num_shards))
+    ):
+        raise ValueError(
+            f"shard {path} does not match its manifest {manifest_path(path).name} (its ids or shard number "
+            f"differ: a partial copy or another run's files); {_RERUN}"
+        )
+    for what, recorded, wanted, fix in (
+        ("encoder", manifest.encoder_fingerprint, encoder_fingerprint, "another model"),
+        ("data", manifest.data_fingerprint, data_fingerprint, "other candidates (another evaluation folder, split, "
+         "task selection or pool)"),
+    ):
+        if wanted is not None and recorded != wanted:
+            raise ValueError(
+                f"shard {path} is stale: it was encoded from {fix} ({what} fingerprint "
+                f"{str(recorded)[:12]}, this run's is {wanted[:12]}); {_RERUN}"
+            )
 
 
 def build_index_from_shards(
     shards: str | os.PathLike | Sequence[str | os.PathLike],
     spec: IndexSpec | None = None,
     prefix: str = "embeddings",
+    *,
+    encoder_fingerprint: str | None = None,
+    data_fingerprint: str | None = None,
+    expected_ids: Sequence[str] | None = None,
 ) -> EmbeddingIndex:
     """Merge embedding shards into one index, streaming each memory-mapped shard in chunks.
 
     ``shards`` is a directory (all ``{prefix}-XXXXX-of-NNNNN.npy`` shards, checked complete) or an
-    explicit list of ``.npy`` paths; each needs its ``.ids.json`` beside it.
+    explicit list of ``.npy`` paths; each needs its ``.ids.json`` beside it. Every shard is checked first
+    (:func:`check_shards`): against its manifest, for ids held twice, and, when given, against the
+    ``encoder_fingerprint`` / ``data_fingerprint`` its manifest must record and the pool's ``expected_ids``.
     """
     if isinstance(shards, (str, os.PathLike)):
         paths = shard_paths(shards, prefix)
@@ -439,21 +592,23 @@ def build_index_from_shards(
         for path in paths:
             if not path.is_file() or not _ids_path(path).is_file():
                 raise FileNotFoundError(f"shard {path} or its ids file {_ids_path(path)} is missing")
+    shard_ids = check_shards(paths, encoder_fingerprint=encoder_fingerprint, data_fingerprint=data_fingerprint,
+                             expected_ids=expected_ids)
     matrices = [np.load(path, mmap_mode="r") for path in paths]
     dims = {matrix.shape[1] if matrix.ndim == 2 else None for matrix in matrices}
     if len(dims) != 1 or None in dims:
         raise ValueError(
             f"shards have different or invalid shapes {[m.shape for m in matrices]}; re-encode them with one model"
         )
+    for path, matrix, ids in zip(paths, matrices, shard_ids):
+        if len(ids) != len(matrix):
+            raise ValueError(f"shard {path} has {len(matrix)} rows but {len(ids)} ids; re-encode the shard")
     spec = spec or IndexSpec()
     total = sum(len(matrix) for matrix in matrices)
     index = EmbeddingIndex(dims.pop(), spec, expected_size=total)
     if index.needs_training:
         index.train(_training_sample(matrices, index, spec))
-    for path, matrix in zip(paths, matrices):
-        ids = json.loads(_ids_path(path).read_text(encoding="utf-8"))
-        if len(ids) != len(matrix):
-            raise ValueError(f"shard {path} has {len(matrix)} rows but {len(ids)} ids; re-encode the shard")
+    for path, matrix, ids in zip(paths, matrices, shard_ids):
         for start in range(0, len(matrix), _ADD_CHUNK_ROWS):
             index.add(matrix[start : start + _ADD_CHUNK_ROWS], ids[start : start + _ADD_CHUNK_ROWS])
         logger.info("added shard %s (%d vectors, %d total)", path.name, len(matrix), index.ntotal)

@@ -7,8 +7,9 @@ installed (elsewhere the folder's own code files are used, with ``trust_remote_c
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
-from configuration_unica import UniCAConfig
+from configuration_unica import EvaClipVisionConfig, UniCAConfig
 
+from .modeling_eva_clip import EvaClipVisionModel
 from .modeling_unica import (
     VISION_PRESETS,
     UniCABiCALayer,
@@ -28,6 +29,8 @@ AutoProcessor.register(UniCAConfig, UniCAProcessor, exist_ok=True)
 
 __all__ = [
     "VISION_PRESETS",
+    "EvaClipVisionConfig",
+    "EvaClipVisionModel",
     "UniCABiCALayer",
     "UniCAConfig",
     "UniCACrossAttention",

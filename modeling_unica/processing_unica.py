@@ -13,6 +13,12 @@ alike). An image item may have an empty text.
 Where an image is expected (`images=`, a dict item's `"image"`), a `str` is a file path or a
 `data:image/<type>;base64,<data>` URI; a plain `str` item is always a text.
 
+Text options (`padding`, `truncation`, `max_length`, also inside `text_kwargs` / `common_kwargs`) are
+honoured or refused with the reason, never dropped; `images_kwargs` are refused (image preprocessing is
+the image processor's saved settings). Images are always preprocessed by the PIL backend of transformers'
+image processors, with or without torchvision installed (`IMAGE_PROCESSOR_BACKEND`), or, for a checkpoint
+converted from VISTA, by VISTA's own transform reproduced with PIL and numpy (`image_transform="eva_clip"`).
+
 This file is shipped to the Hub as remote code: it imports only torch, transformers, numpy and PIL.
 """
 
@@ -45,6 +51,24 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 ITEM_KEYS = {"text", "image"}
 # Inputs that are one item (not a list of items) when given where a batch is expected.
 SINGLE_VALUE_TYPES = (str, dict, Image.Image, bytes, bytearray, memoryview, pathlib.PurePath)
+# transformers picks its torchvision image-processor backend where torchvision is installed and PIL elsewhere;
+# the two resize differently, so one checkpoint would embed an image differently from machine to machine.
+# UniCA pins the PIL (numpy) backend: it is what checkpoints load with, everywhere.
+IMAGE_PROCESSOR_BACKEND = "pil"
+# Text options this processor honours (as keywords, or inside `text_kwargs` / `common_kwargs`).
+TEXT_OPTIONS = ("padding", "truncation", "max_length")
+TRUNCATE = (True, "longest_first", "only_first")  # one text per item: every strategy that applies to it
+NO_TRUNCATION = (False, "do_not_truncate")
+PAD_TO_LONGEST = (True, "longest")
+# Image transforms the processor computes itself instead of calling its image processor (whose sizes, mean and std
+# it reads): "eva_clip" is EVA-CLIP's (open_clip's) evaluation transform, VISTA's `preprocess_val` (a checkpoint
+# converted from VISTA uses it; see `eva_clip_pixel_values`).
+IMAGE_TRANSFORMS = ("eva_clip",)
+
+try:  # transformers >= 5: image processors are built on one backend class each
+    from transformers.image_processing_backends import TorchvisionBackend
+except ImportError:  # pragma: no cover - older transformers
+    TorchvisionBackend = None
 
 
 def _describe(source: Any) -> str:
@@ -293,11 +317,16 @@ class UniCAProcessor(ProcessorMixin):
     Args:
         image_processor: a transformers image processor (e.g. `ViTImageProcessorPil`, `CLIPImageProcessorPil`).
         tokenizer: the text encoder's tokenizer.
-        max_text_length (`int`, defaults to 512): longer texts are truncated (with a one-time warning).
+        max_text_length (`int`, defaults to 512): longer texts are truncated (with a one-time warning); the
+            most tokens a text may have (`max_length` can only lower it).
         max_image_pixels (`int`): images with more pixels are refused, before decoding, as possible
             decompression bombs. It may be above PIL's own `Image.MAX_IMAGE_PIXELS` (left unchanged), except
             where a PIL plugin checks that limit itself (WebP over twice PIL's limit; some GIF, ICO, MPO
             and tiled TIFF files): those are refused with a `ValueError` saying so.
+        image_transform (`str`, *optional*): `None` (the default): images are preprocessed by `image_processor`.
+            `"eva_clip"`: by EVA-CLIP's evaluation transform (VISTA's `preprocess_val`, see `eva_clip_pixel_values`)
+            with `image_processor`'s `size["shortest_edge"]`, `crop_size`, `image_mean` and `image_std`; what a
+            checkpoint converted from VISTA (`unica convert-vista`) uses, so it embeds an image as VISTA does.
 
     Example:
 
@@ -319,12 +348,41 @@ class UniCAProcessor(ProcessorMixin):
         tokenizer=None,
         max_text_length: int = 512,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        image_transform: str | None = None,
         **kwargs,
     ):
+        if TorchvisionBackend is not None and isinstance(image_processor, TorchvisionBackend):
+            raise ValueError(
+                f"{type(image_processor).__name__} is a torchvision-backend image processor; UniCA preprocesses "
+                "images with the PIL backend so that every machine, with or without torchvision, gets the same "
+                "pixels: load it with AutoImageProcessor.from_pretrained(..., backend='pil') or use its ...Pil class"
+            )
         self.max_text_length = max_text_length
         self.max_image_pixels = max_image_pixels
+        if image_transform is not None and image_transform not in IMAGE_TRANSFORMS:
+            raise ValueError(
+                f"image_transform must be None (the image processor's own preprocessing) or one of {IMAGE_TRANSFORMS}, "
+                f"got {image_transform!r}"
+            )
+        if image_transform == "eva_clip" and image_processor is not None:
+            eva_clip_settings(image_processor)  # raises, naming what is missing
+        self.image_transform = image_transform
         self._warned_truncation = False
         super().__init__(image_processor, tokenizer, **kwargs)
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        """Load the image processor on the PIL backend (`IMAGE_PROCESSOR_BACKEND`) and the tokenizer.
+
+        `ProcessorMixin` would let transformers pick the image processor's backend, torchvision where it is
+        installed; a checkpoint must preprocess the same everywhere. Other loading options go to both.
+        """
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        backend = kwargs.pop("backend", IMAGE_PROCESSOR_BACKEND)
+        image_processor = AutoImageProcessor.from_pretrained(pretrained_model_name_or_path, backend=backend, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return [image_processor, tokenizer]
 
     # ------------------------------------------------------------------ entry points
     def __call__(
@@ -339,9 +397,8 @@ class UniCAProcessor(ProcessorMixin):
         """Process parallel lists `text` and `images` (entries may be None), or one of them alone.
 
         A single `str` / image is treated as a batch of one. Items of `text` may also be
-        `{"text", "image"}` dicts (then `images` must be None). `text_kwargs` / `images_kwargs` /
-        `common_kwargs` (transformers' processor convention) are accepted; `padding` and `truncation`
-        are managed here (always padded, truncated to `max_text_length`).
+        `{"text", "image"}` dicts (then `images` must be None). Keyword options are those of
+        `process_items`.
         """
         if videos is not None or audio is not None:
             raise ValueError("UniCAProcessor handles text and images only; got videos/audio")
@@ -386,11 +443,28 @@ class UniCAProcessor(ProcessorMixin):
         except TypeError:
             raise ValueError(f"{what} must be one item or a list of items, got {type(value).__name__}") from None
 
-    def process_items(self, items: Sequence[Any], **kwargs) -> BatchFeature:
-        """Process a list of items, each a text, an image or a `{"text", "image"}` dict (see module docs)."""
-        for key in kwargs:
-            if key not in ("text_kwargs", "images_kwargs", "common_kwargs", "padding", "truncation", "max_length"):
-                raise TypeError(f"UniCAProcessor got an unexpected keyword argument {key!r}")
+    def process_items(self, items: Sequence[Any], prompt: str | None = None, **kwargs) -> BatchFeature:
+        """Process a list of items, each a text, an image or a `{"text", "image"}` dict (see module docs).
+
+        Keyword options (also accepted inside `text_kwargs` / `common_kwargs`, transformers' convention):
+
+        * `max_length` (`int`, at most `max_text_length`, the default): tokens kept per text, [CLS] and
+          [SEP] included;
+        * `truncation`: `True` / `"longest_first"` / `"only_first"` (the default: longer texts are cut to
+          `max_length`, keeping the closing [SEP]) or `False` / `"do_not_truncate"` (a longer text raises
+          `ValueError` naming it);
+        * `padding`: `True` / `"longest"` (the default: to the batch's longest text) or `"max_length"`
+          (every text to `max_length`). `False` is refused: the output is tensors, one length per batch.
+
+        `images_kwargs` are refused: image preprocessing is `image_processor`'s settings, saved with it.
+
+        `prompt` (e.g. the checkpoint's sentence-transformers `"query"` prompt) is put before the text of every
+        item that has one; an image alone gets none. The one place prompts are applied: sentence-transformers,
+        the MTEB encoder, `unica evaluate` and the trainer all pass theirs here.
+        """
+        if prompt is not None and not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a string or None, got {type(prompt).__name__}")
+        options = self._text_options(kwargs)
         items = self._as_list(items, "items")
         if items is None:
             raise ValueError("UniCAProcessor.process_items got None; pass a list of texts and/or images")
@@ -401,6 +475,8 @@ class UniCAProcessor(ProcessorMixin):
         image_mask: list[bool] = []
         for index, item in enumerate(items):
             text, image = split_item(item, index)
+            if prompt and not _is_blank(text):
+                text = prompt + text
             texts.append(text or "")
             image_mask.append(image is not None)
             if image is not None:
@@ -409,14 +485,74 @@ class UniCAProcessor(ProcessorMixin):
                 except (ValueError, FileNotFoundError) as error:
                     kind = FileNotFoundError if isinstance(error, FileNotFoundError) else ValueError
                     raise kind(f"input {index}: {error}") from error
-        data = self._tokenize(texts)
+        data = self._tokenize(texts, **options)
         data["image_mask"] = torch.tensor(image_mask, dtype=torch.bool)
         if images:
-            pixel_values = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-            data["pixel_values"] = torch.as_tensor(pixel_values)
+            data["pixel_values"] = self._pixel_values(images)
         return BatchFeature(data=data)
 
-    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    def _pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
+        """`(len(images), 3, H, W)` float32 pixel values of RGB images, by `image_transform` or `image_processor`."""
+        if self.image_transform == "eva_clip":
+            settings = eva_clip_settings(self.image_processor)
+            return torch.from_numpy(np.stack([eva_clip_pixel_values(image, *settings) for image in images]))
+        return torch.as_tensor(self.image_processor(images=images, return_tensors="pt")["pixel_values"])
+
+    def _text_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """`padding` / `truncation` / `max_length` from keywords and keyword groups, checked; TypeError for the rest."""
+        groups = {name: kwargs.pop(name, None) or {} for name in ("text_kwargs", "common_kwargs", "images_kwargs")}
+        for key in kwargs:
+            if key not in TEXT_OPTIONS:
+                raise TypeError(f"UniCAProcessor got an unexpected keyword argument {key!r}")
+        if groups["images_kwargs"]:
+            raise TypeError(
+                f"UniCAProcessor got images_kwargs {sorted(groups['images_kwargs'])}: image preprocessing is the image "
+                "processor's own settings, saved with the checkpoint; change them on processor.image_processor"
+            )
+        options = dict(kwargs)
+        for group in ("text_kwargs", "common_kwargs"):
+            if not isinstance(groups[group], dict):
+                raise TypeError(f"{group} must be a dict of options, got {type(groups[group]).__name__}")
+            for key, value in groups[group].items():
+                if key == "return_tensors":
+                    if value not in (None, "pt"):
+                        raise ValueError(f"return_tensors must be 'pt', got {value!r} (in {group})")
+                    continue  # tensors are what the processor returns anyway
+                if key not in TEXT_OPTIONS:
+                    raise TypeError(f"UniCAProcessor got {group} {key!r}; it takes {', '.join(TEXT_OPTIONS)} only")
+                if key in options:
+                    raise TypeError(f"{key} is given twice (as a keyword and in {group}); give it once")
+                options[key] = value
+        max_length = options.get("max_length")
+        if max_length is not None:
+            if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
+                raise ValueError(f"max_length must be an integer >= 2 (room for [CLS] and [SEP]), got {max_length!r}")
+            if max_length > self.max_text_length:
+                raise ValueError(
+                    f"max_length={max_length} is above the model's max_text_length={self.max_text_length} (the "
+                    f"most tokens its position embeddings leave a text); pass max_length <= {self.max_text_length}"
+                )
+        truncation = options.get("truncation", True)
+        if truncation not in TRUNCATE + NO_TRUNCATION:
+            raise ValueError(
+                f"truncation must be one of {TRUNCATE} (cut texts to max_length) or {NO_TRUNCATION} (refuse longer "
+                f"texts), got {truncation!r}"
+            )
+        padding = options.get("padding", True)
+        if padding in (False, "do_not_pad"):
+            raise ValueError(
+                f"padding={padding!r} is not supported: the processor returns tensors, one length per batch; use "
+                "padding=True / 'longest' (the default) or 'max_length'"
+            )
+        if padding not in PAD_TO_LONGEST + ("max_length",):
+            raise ValueError(f"padding must be True, 'longest' or 'max_length', got {padding!r}")
+        return {"max_length": max_length, "truncate": truncation in TRUNCATE,
+                "pad_to_max_length": padding == "max_length"}
+
+    def _tokenize(
+        self, texts: list[str], max_length: int | None = None, truncate: bool = True, pad_to_max_length: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Token ids and attention mask of `texts`, cut to / padded to `max_length` (else `max_text_length`)."""
         try:
             encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, padding=False)
         except (TypeError, ValueError):
@@ -432,19 +568,26 @@ class UniCAProcessor(ProcessorMixin):
                         "text.encode('utf-8', 'replace').decode('utf-8')"
                     ) from None
             raise
-        limit = self.max_text_length
+        limit = max_length if max_length is not None else self.max_text_length
+        limit_name = f"{'max_length' if max_length is not None else 'max_text_length'}={limit}"
         ids = []
         for index, row in enumerate(encoded["input_ids"]):
             if len(row) > limit:
+                if not truncate:
+                    raise ValueError(
+                        f"input {index} has {len(row)} tokens, more than {limit_name} and truncation=False; shorten "
+                        "the text, or let the processor cut it (truncation=True, the default)"
+                    )
                 if not self._warned_truncation:
                     logger.warning(
-                        f"input {index} has {len(row)} tokens; texts are truncated to max_text_length={limit} "
+                        f"input {index} has {len(row)} tokens; texts are truncated to {limit_name} "
                         "(this warning is shown once)"
                     )
                     self._warned_truncation = True
                 row = row[: limit - 1] + row[-1:]  # keep the closing special token ([SEP] / </s>)
             ids.append(row)
-        padded = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        padding = {"padding": "max_length", "max_length": limit} if pad_to_max_length else {"padding": True}
+        padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt", **padding)
         return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
 
     # ------------------------------------------------------------------ helpers
@@ -472,4 +615,66 @@ def _add_processor_auto_map(save_directory) -> None:
         json.dump(data, handle, indent=2, sort_keys=True)
 
 
-__all__ = ["UniCAProcessor", "load_image", "split_item", "DEFAULT_MAX_IMAGE_PIXELS"]
+def eva_clip_settings(image_processor: Any) -> tuple[int, tuple[int, int], tuple[float, ...], tuple[float, ...]]:
+    """`(resize_to, (crop_height, crop_width), mean, std)` for `eva_clip_pixel_values`, from an image processor's
+    `size["shortest_edge"]`, `crop_size`, `image_mean` and `image_std` (a CLIP image processor's settings).
+
+    Raises `ValueError` naming the missing or unusable setting.
+    """
+    settings = image_processor.to_dict()
+    resize_to = (settings.get("size") or {}).get("shortest_edge")
+    crop = settings.get("crop_size") or {}
+    crop = (crop.get("height"), crop.get("width"))
+    mean, std = settings.get("image_mean"), settings.get("image_std")
+    name = type(image_processor).__name__
+    if not isinstance(resize_to, int) or not all(isinstance(side, int) for side in crop) or mean is None or std is None:
+        raise ValueError(
+            f"image_transform='eva_clip' reads size['shortest_edge'], crop_size, image_mean and image_std from the image "
+            f"processor, but {name} has size={settings.get('size')}, crop_size={settings.get('crop_size')}, "
+            f"image_mean={mean}, image_std={std}; use a CLIPImageProcessorPil with all four"
+        )
+    if max(crop) > resize_to:
+        raise ValueError(f"{name}: crop_size {crop} is larger than size['shortest_edge']={resize_to}; the crop must fit")
+    return resize_to, crop, tuple(mean), tuple(std)
+
+
+def eva_clip_pixel_values(
+    image: Image.Image, resize_to: int, crop: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> np.ndarray:
+    """EVA-CLIP's (open_clip's) evaluation transform of an RGB image, VISTA's `preprocess_val`, with PIL and numpy.
+
+    torchvision's `Resize(resize_to, BICUBIC)`: the short side becomes `resize_to`, the long side
+    `int(resize_to * long / short)`, by PIL's bicubic resampling (which antialiases), skipped when the size is already
+    right; `CenterCrop(crop)`: offsets `int(round((side - crop) / 2))`, Python's (half-to-even) rounding, where
+    transformers' image processors floor; `ToTensor`: `/ 255` in float32; `Normalize(mean, std)` in float32. Every
+    step is the same operation torchvision does, so the values are torchvision's bit for bit. Returns a
+    `(3, crop_height, crop_width)` float32 array.
+
+    Example:
+
+    ```python
+    >>> from PIL import Image
+    >>> pixels = eva_clip_pixel_values(Image.new("RGB", (300, 200)), 224, (224, 224),
+    ...                                (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    >>> pixels.shape, pixels.dtype
+    ((3, 224, 224), dtype('float32'))
+    ```
+    """
+    width, height = image.size
+    if width <= height:
+        size = (resize_to, int(resize_to * height / width))
+    else:
+        size = (int(resize_to * width / height), resize_to)
+    if size != (width, height):
+        image = image.resize(size, Image.BICUBIC)
+    crop_height, crop_width = crop
+    top = int(round((size[1] - crop_height) / 2.0))
+    left = int(round((size[0] - crop_width) / 2.0))
+    image = image.crop((left, top, left + crop_width, top + crop_height)).convert("RGB")
+    array = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255)
+    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+__all__ = ["UniCAProcessor", "load_image", "split_item", "eva_clip_pixel_values", "DEFAULT_MAX_IMAGE_PIXELS",
+           "IMAGE_PROCESSOR_BACKEND", "IMAGE_TRANSFORMS"]

@@ -114,7 +114,7 @@ def test_collator_ids_follow_each_rows_negatives() -> None:
         max_image_pixels = None
 
         @staticmethod
-        def process_items(items):
+        def process_items(items, prompt=None):
             return {"image_mask": torch.zeros(len(items), dtype=torch.bool)}
 
     collator = RetrievalCollator(Processor(), hard_negatives=2)

@@ -21,6 +21,7 @@ from modeling_unica import UniCAModel, UniCAProcessor
 
 from .checkpoint import init_model, save_checkpoint
 from .encoding import UniCAEncoder, encode_items
+from .vista import convert_vista
 
 __version__ = "0.1.0"
 
@@ -38,5 +39,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'unica' has no attribute {name!r}")
 
 
-__all__ = ["UniCAConfig", "UniCAEncoder", "UniCAModel", "UniCAProcessor", "encode_items", "init_model", "save_checkpoint",
+__all__ = ["UniCAConfig", "UniCAEncoder", "UniCAModel", "UniCAProcessor", "convert_vista", "encode_items", "init_model",
+           "save_checkpoint",
            *_LAZY]

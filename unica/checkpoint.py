@@ -20,6 +20,7 @@ from transformers import AutoImageProcessor, AutoTokenizer
 
 from dataset_builders.atomic import atomic_directory
 from modeling_unica import VISION_PRESETS, UniCAModel, UniCAProcessor
+from modeling_unica.processing_unica import IMAGE_PROCESSOR_BACKEND
 from unica.st import write_sentence_transformers_files
 
 logger = logging.getLogger(__name__)
@@ -39,25 +40,80 @@ REQUIRED_FILES = (
 )
 
 
+def remote_code_files(folder: str | os.PathLike) -> list[str]:
+    """The code files a checkpoint folder's remote code imports relatively (``from .name import ...``, e.g. the
+    EVA02-CLIP tower's ``configuration_eva_clip.py`` / ``modeling_eva_clip.py``), which must sit beside it:
+    transformers refuses to load the folder otherwise. Followed through the files found; sorted."""
+    folder, found = Path(folder), set()
+    pending = ["configuration_unica.py", "modeling_unica.py", "processing_unica.py"]
+    while pending:
+        path = folder / pending.pop()
+        if not path.is_file():
+            continue
+        for name in re.findall(r"^\s*from\s+\.(\w+)\s+import", path.read_text(encoding="utf-8"), flags=re.M):
+            if f"{name}.py" not in found:
+                found.add(f"{name}.py")
+                pending.append(f"{name}.py")
+    return sorted(found)
+
+
 def build_processor(
     text: str | os.PathLike, vision: str | os.PathLike, model: UniCAModel, tokenizer=None
 ) -> UniCAProcessor:
     """The processor matching ``UniCAModel.from_components(text, vision)``.
 
     The tokenizer comes from ``text`` (unless an already loaded one is passed); the image processor
-    from ``vision`` (a PIL-backed one sized to the tower's input for presets, so no torchvision is needed).
+    from ``vision`` (a new one for presets), always on transformers' PIL backend (the processor's pinned
+    ``IMAGE_PROCESSOR_BACKEND``, so preprocessing does not depend on torchvision being installed) and
+    giving the images the model takes (``model.config.input_image_size``, the ``image_size`` override included).
     """
     from transformers import ViTImageProcessorPil
 
     tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(text)
+    size = model.config.input_image_size
     if str(vision) in VISION_PRESETS:
-        size = model.config.vision_config.image_size
         image_processor = ViTImageProcessorPil(
             size={"height": size, "width": size}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
         )
     else:
-        image_processor = AutoImageProcessor.from_pretrained(vision)
+        image_processor = AutoImageProcessor.from_pretrained(vision, backend=IMAGE_PROCESSOR_BACKEND)
+        image_processor = _image_processor_for_size(image_processor, size, vision)
     return UniCAProcessor(image_processor, tokenizer, max_text_length=model.config.max_text_length)
+
+
+def _output_size(image_processor: Any, size: int) -> tuple[int, ...]:
+    """Height and width of the pixel values ``image_processor`` makes of a non-square image."""
+    from PIL import Image
+
+    probe = Image.new("RGB", (size * 3 // 2 + 1, size))
+    return tuple(image_processor(images=[probe], return_tensors="pt")["pixel_values"].shape[-2:])
+
+
+def _image_processor_for_size(image_processor: Any, size: int, vision: str | os.PathLike) -> Any:
+    """``image_processor`` set to give ``size`` x ``size`` pixel values (unchanged where it already does).
+
+    A resize-then-center-crop processor (CLIP, DINOv2) keeps its resize-to-crop ratio; others resize to the
+    square. Raises ``ValueError`` naming ``vision`` where the result is still not ``size`` x ``size``.
+    """
+    if _output_size(image_processor, size) == (size, size):
+        return image_processor
+    settings = image_processor.to_dict()
+    crop = settings.get("crop_size") if settings.get("do_center_crop") else None
+    if crop and crop.get("height"):
+        scale = size / crop["height"]
+        resize = {key: round(value * scale) for key, value in (settings.get("size") or {}).items() if value}
+        updates = {"size": resize or {"height": size, "width": size}, "crop_size": {"height": size, "width": size}}
+    else:
+        updates = {"size": {"height": size, "width": size}}
+    sized = type(image_processor).from_dict({**settings, **updates})
+    made = _output_size(sized, size)
+    if made != (size, size):
+        raise ValueError(
+            f"the image processor of {str(vision)!r} ({type(image_processor).__name__}) makes {made[0]}x{made[1]} "
+            f"images, not the {size}x{size} the model takes; pass a vision tower whose image processor resizes "
+            "to a square"
+        )
+    return sized
 
 
 def init_model(
@@ -76,9 +132,18 @@ def init_model(
         tokenizer = AutoTokenizer.from_pretrained(text)
     except OSError as error:  # transformers turns every Hub / file resolution failure into an OSError
         raise ValueError(unresolvable_model_message(text, "text encoder", error)) from error
-    tokenizer_max = getattr(tokenizer, "model_max_length", 512)
     model = UniCAModel.from_components(text, vision, **config_overrides)
-    limit = max_length or min(int(tokenizer_max), 512)
+    fit_text_length(model, tokenizer, max_length)
+    return model, build_processor(text, vision, model, tokenizer=tokenizer)
+
+
+def fit_text_length(model: UniCAModel, tokenizer: Any, max_length: int | None = None) -> int:
+    """Set and return ``model.config.max_text_length``: ``max_length`` (else the tokenizer's limit, at most 512),
+    lowered so that text + image tokens fit the text encoder's position embeddings.
+
+    Raises ``ValueError`` where the image tokens leave fewer than 8 text positions.
+    """
+    limit = max_length or min(int(getattr(tokenizer, "model_max_length", 512)), 512)
     # Image tokens take position embeddings too: keep text + image within the encoder's positions.
     positions = getattr(model.config.text_config, "max_position_embeddings", None)
     if positions is not None:
@@ -89,7 +154,7 @@ def init_model(
             "use a vision tower with fewer patches"
         )
     model.config.max_text_length = limit
-    return model, build_processor(text, vision, model, tokenizer=tokenizer)
+    return limit
 
 
 def unresolvable_model_message(name: str | os.PathLike, role: str, error: BaseException) -> str:
@@ -129,7 +194,7 @@ def save_checkpoint(
         write_sentence_transformers_files(folder, prompts=prompts)
         for writer in extra_writers or []:
             writer(folder)
-        missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+        missing = [name for name in (*REQUIRED_FILES, *remote_code_files(folder)) if not (folder / name).is_file()]
         if missing:
             raise RuntimeError(f"checkpoint is incomplete, missing {missing}")
 
@@ -266,7 +331,8 @@ def validate_checkpoint(path: str | os.PathLike, require_card: bool = True) -> l
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"{str(folder)!r} is not a folder")
-    problems = [f"missing {name}" for name in REQUIRED_FILES if not (folder / name).is_file()]
+    problems = [f"missing {name}" for name in (*REQUIRED_FILES, *remote_code_files(folder))
+                if not (folder / name).is_file()]
     if require_card and not (folder / "README.md").is_file():
         problems.append("missing README.md (render it with `unica card`)")
     files = sorted(

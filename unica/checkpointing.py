@@ -1,4 +1,5 @@
-"""Training checkpoints of :class:`unica.trainer.UniCATrainer`: save, resume and best-model loading.
+"""Training checkpoints of :class:`unica.trainer.UniCATrainer` (and, through :func:`write_checkpoint_folder` and
+:func:`load_training_checkpoint`, of :class:`unica.cocoa.ReconstructionTrainer`): save, resume and best-model loading.
 
 The one place that knows how a training model's weights map onto a checkpoint folder:
 
@@ -25,7 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ __all__ = [
     "export_model",
     "load_training_checkpoint",
     "training_record",
+    "write_checkpoint_folder",
     "write_training_checkpoint",
 ]
 
@@ -103,21 +105,17 @@ def training_record(args: UniCATrainingArguments, state: TrainerState | None = N
 
 
 def write_training_checkpoint(
-    target: Path, model: UniCAModel, processor: Any, args: UniCATrainingArguments, record: dict[str, Any] | None = None
+    target: Path, model: UniCAModel, processor: Any, args: UniCATrainingArguments, record: dict[str, Any] | None = None,
+    prompts: dict[str, str] | None = None,
 ) -> None:
     """Write a complete UniCA checkpoint folder of ``model`` (unwrapped) to ``target``: weights, processor,
     remote code, ``training_args.json``, ``training_record.json`` (``record``, default
     :func:`training_record` of ``args``) and the rendered ``README.md`` model card: publishable as it stands.
 
-    A new folder is written to a temporary sibling and renamed into place; into an existing folder
-    (e.g. ``output_dir`` holding ``checkpoint-N`` folders) the files are moved in with ``config.json``
-    last, so an interrupted save never looks like a complete checkpoint.
+    Written by :func:`write_checkpoint_folder` (LoRA as ``args.merge_lora`` says), so never half-complete.
     """
     from unica.card import render_model_card
 
-    if processor is None:
-        raise ValueError("cannot save a UniCA checkpoint without the processor: pass processing_class=processor")
-    export = export_model(model, merge_lora=args.merge_lora)
     record = dict(record if record is not None else training_record(args))
     record["temperature"] = round(float(model.temperature.detach()), 6)  # a learned one, or args.temperature
 
@@ -127,12 +125,37 @@ def write_training_checkpoint(
         card = render_model_card(folder, name_or_path=str(target), training_data=record.get("data"))
         (folder / "README.md").write_text(card, encoding="utf-8")
 
+    write_checkpoint_folder(target, model, processor, merge_lora=args.merge_lora, extra_writers=[write_record_and_card],
+                            prompts=prompts)
+
+
+def write_checkpoint_folder(
+    target: Path,
+    model: UniCAModel,
+    processor: Any,
+    merge_lora: bool = True,
+    extra_writers: Sequence[Callable[[Path], None]] = (),
+    prompts: dict[str, str] | None = None,
+) -> None:
+    """Write a UniCA checkpoint folder of a training ``model`` (unwrapped) to ``target``, plus ``extra_writers``'
+    files (each is called with the folder being written, before it is complete).
+
+    The weights are :func:`export_model`'s (with LoRA: merged if ``merge_lora``, else the base weights, and the
+    adapters in ``lora_adapter/`` as well), so :func:`load_training_checkpoint` resumes from the folder. A new
+    folder is written to a temporary sibling and renamed into place; into an existing folder (e.g. ``output_dir``
+    holding ``checkpoint-N`` folders) the files are moved in with ``config.json`` last, so an interrupted save
+    never looks like a complete checkpoint. ``prompts`` are the sentence-transformers prompts the folder keeps
+    (those the model was trained with).
+    """
+    if processor is None:
+        raise ValueError("cannot save a UniCA checkpoint without the processor: pass processing_class=processor")
+    export = export_model(model, merge_lora=merge_lora)
     writers: list[Callable[[Path], None]] = []
     if has_lora(model):
         writers.append(lambda folder: model.text_model.save_pretrained(str(folder / LORA_ADAPTER_DIR)))
-    writers.append(write_record_and_card)
+    writers += extra_writers
     if not target.exists():
-        save_checkpoint(export, processor, target, extra_writers=writers)
+        save_checkpoint(export, processor, target, prompts=prompts, extra_writers=writers)
         return
     # An existing folder may hold other things (checkpoint-N, logs): fill it without replacing it.
     # A save killed before its cleanup leaves its staging folder behind: remove those first.
@@ -142,7 +165,7 @@ def write_training_checkpoint(
             shutil.rmtree(entry, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target))
     try:
-        complete = save_checkpoint(export, processor, staging / "checkpoint", extra_writers=writers)
+        complete = save_checkpoint(export, processor, staging / "checkpoint", prompts=prompts, extra_writers=writers)
         (target / "config.json").unlink(missing_ok=True)
         names = sorted(os.listdir(complete), key=lambda name: name == "config.json")
         for name in names:

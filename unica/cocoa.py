@@ -10,6 +10,12 @@ reconstruct the input from that embedding alone. UniCA is an encoder whose poole
   the projected image patch tokens (``1 - cos`` to the detached targets);
 * only the UniCA model is kept afterwards; the decoder is thrown away.
 
+The Trainer trains one module, :class:`ReconstructionModel` (the UniCA model + the head): data-parallel
+training all-reduces, and ``max_grad_norm`` clips, the head's gradients with the model's. Every trainable
+weight takes part in every step (a text-only batch ties the image parts in with a zero gradient), so
+``ddp_find_unused_parameters=False`` is safe. Periodic ``checkpoint-N`` folders are UniCA checkpoint folders
+(:func:`unica.checkpointing.write_checkpoint_folder`) plus the head's weights, and resuming loads both strictly.
+
 Example:
 
 ```python
@@ -17,26 +23,29 @@ Example:
 >>> head = ReconstructionHead.for_model(model)
 >>> trainer = ReconstructionTrainer(model=model, head=head, args=TrainingArguments("out", max_steps=100,
 ...                                 remove_unused_columns=False), train_dataset=items_dataset,
-...                                 data_collator=ItemCollator(processor))
+...                                 data_collator=ItemCollator(processor), processing_class=processor)
 >>> trainer.train(); trainer.save_model("./pretrained")    # a normal UniCA checkpoint, decoder dropped
 ```
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
 from dataset_builders.rows import multimodal_item
 from modeling_unica import UniCAModel, UniCAProcessor
+from modeling_unica.modeling_unica import zero_touching
+from unica.checkpointing import load_training_checkpoint, write_checkpoint_folder
 
 HEAD_FILE = "reconstruction_head.safetensors"
 
@@ -90,6 +99,9 @@ class ReconstructionHead(nn.Module):
         hidden = self.norm(hidden)
         tokens = self.token_output(hidden[:, :text_length])
         images = self.image_output(hidden[:, text_length:]) if image_tokens else None
+        if images is None and self.training and torch.is_grad_enabled():
+            # No image to predict: the image output layer takes part with a zero gradient (data-parallel steps).
+            tokens = tokens + zero_touching(self.image_output.parameters(), tokens)
         return tokens, images
 
 
@@ -150,29 +162,86 @@ class ItemCollator:
         return dict(self.processor.process_items(items))
 
 
-class ReconstructionTrainer(Trainer):
-    """`transformers.Trainer` for the reconstruction stage; the head trains with the model, and
-    `save_model` writes a plain UniCA checkpoint (the head is dropped)."""
+class ReconstructionModel(nn.Module):
+    """A UniCA model and its reconstruction head as one module, the one the Trainer trains.
 
-    def __init__(self, *args, head: ReconstructionHead, image_weight: float = 1.0, **kwargs):
+    Being one module, data-parallel training (DDP) all-reduces the head's gradients with the model's, and
+    ``max_grad_norm`` clips them together. ``forward(**batch)`` returns the batch's :class:`ReconstructionOutput`.
+    The model's ``logit_scale`` (the contrastive temperature) is frozen: reconstruction never uses it.
+    """
+
+    def __init__(self, model: UniCAModel, head: ReconstructionHead, image_weight: float = 1.0):
+        super().__init__()
         if image_weight < 0:
             raise ValueError(f"image_weight must be >= 0, got {image_weight}")
+        self.model = model
         self.head = head
         self.image_weight = image_weight
-        super().__init__(*args, **kwargs)
-        self.head.to(self.args.device)
+        model.logit_scale.requires_grad_(False)
 
-    def create_optimizer(self, model=None):
-        optimizer = super().create_optimizer(model)
-        # The decoder is not part of the model: give it its own parameter group (tied weights excluded).
-        seen = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        extra = [p for p in self.head.parameters() if id(p) not in seen and p.requires_grad]
-        if extra:
-            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
-        return optimizer
+    def forward(self, **batch: Tensor) -> ReconstructionOutput:
+        return reconstruction_loss(self.model, self.head, batch, image_weight=self.image_weight)
+
+    def activation_checkpointing_enable(self, **kwargs: Any) -> None:
+        """Activation (gradient) checkpointing of the UniCA model (the Trainer calls this for
+        ``activation_checkpointing=True``); the one-layer head is not checkpointed."""
+        self.model.activation_checkpointing_enable(**kwargs)
+
+    def _tied_head_keys(self) -> set[str]:
+        """Head weights that are the UniCA model's own: the output layer tied to its word embeddings."""
+        embeddings = self.model.text_model.get_input_embeddings()
+        return {"token_output.weight"} if self.head.token_output.weight is embeddings.weight else set()
+
+    def save_head(self, path: str | Path) -> None:
+        """Write the head's own weights (not those tied to the model) to a safetensors file."""
+        tied = self._tied_head_keys()
+        state = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items() if k not in tied}
+        save_file(state, str(path), metadata={"format": "pt"})
+
+    def load_head(self, path: str | Path) -> None:
+        """Load head weights written by :meth:`save_head`; every weight must fit (names and shapes)."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path} is missing: this checkpoint was not written by ReconstructionTrainer")
+        state = load_file(str(path))
+        expected = set(self.head.state_dict()) - self._tied_head_keys()
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        advice = "build the head as the run that saved it did (num_layers, num_heads, the same model)"
+        if missing or unexpected:
+            raise ValueError(f"{path} does not fit this reconstruction head (missing {missing[:5]}, unexpected "
+                             f"{unexpected[:5]}); {advice}")
+        try:  # every name fits: strict=False only leaves the tied weight (the model's own) alone
+            self.head.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # a shape mismatch
+            raise ValueError(f"{path} does not fit this reconstruction head ({error}); {advice}") from error
+
+
+class ReconstructionTrainer(Trainer):
+    """`transformers.Trainer` for the reconstruction stage.
+
+    The Trainer trains a :class:`ReconstructionModel` of ``model`` and ``head`` (``trainer.model``), so the
+    head is data-parallel, clipped and optimised with the model. ``checkpoint-N`` folders are UniCA checkpoint
+    folders plus the head (``HEAD_FILE``); resuming (and ``load_best_model_at_end``) loads the model through
+    :func:`unica.checkpointing.load_training_checkpoint` and the head strictly. `save_model` writes a plain
+    UniCA checkpoint (the head is dropped), filling ``output_dir`` without touching its ``checkpoint-N`` folders.
+    """
+
+    # compute_loss returns a per-batch mean: the Trainer divides it by the gradient accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model: UniCAModel | None = None, args: TrainingArguments | None = None, *rest: Any,
+                 head: ReconstructionHead, image_weight: float = 1.0, **kwargs: Any):
+        if not isinstance(model, UniCAModel):
+            raise ValueError(f"ReconstructionTrainer needs model=<the UniCAModel to pre-train>, got "
+                             f"{type(model).__name__}")
+        if args is not None and args.ddp_find_unused_parameters is None:
+            # Every trainable weight takes part in every step: DDP needs no search for unused ones (transformers
+            # turns it on for a model that is not a PreTrainedModel, and DDP then warns that it found none).
+            args = dataclasses.replace(args, ddp_find_unused_parameters=False)
+        self.head = head
+        super().__init__(ReconstructionModel(model, head, image_weight), args, *rest, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = reconstruction_loss(model, self.head, inputs, image_weight=self.image_weight)
+        out = model(**inputs)
         if self.state.global_step % max(1, self.args.logging_steps) == 0 and model.training:
             self._recon_logs = {"text_loss": out.text_loss.item(), "image_loss": out.image_loss.item(),
                                 "token_accuracy": out.token_accuracy.item()}
@@ -182,27 +251,23 @@ class ReconstructionTrainer(Trainer):
         logs.update(getattr(self, "_recon_logs", {}))
         super().log(logs, start_time)
 
-    def _head_state(self) -> dict[str, Tensor]:
-        tied = self.head.token_output.weight is self.accelerator.unwrap_model(self.model).text_model.get_input_embeddings().weight
-        return {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()
-                if not (tied and k == "token_output.weight")}
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Resume the model (strictly, through ``from_pretrained``: some towers' keys are renamed on save) and
+        the head (strictly) from a ``checkpoint-N`` folder."""
+        wrapper = self.accelerator.unwrap_model(model if model is not None else self.model)
+        load_training_checkpoint(wrapper.model, resume_from_checkpoint)
+        wrapper.load_head(Path(resume_from_checkpoint) / HEAD_FILE)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, HEAD_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} is missing: this checkpoint was not written by ReconstructionTrainer")
-        self.head.load_state_dict(load_file(path), strict=False)
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end``: load the best checkpoint the way a resume does."""
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        from unica.checkpoint import save_checkpoint
-
-        output_dir = output_dir or self.args.output_dir
+        """A plain UniCA checkpoint folder (``args.output_dir`` by default); the Trainer's periodic checkpoints
+        (``_internal_call``) also hold the head, to resume from."""
         if not self.args.should_save:
             return
-        model = self.accelerator.unwrap_model(self.model)
-        if _internal_call:  # the Trainer's own periodic checkpoints (resume): its usual files + the head
-            super().save_model(output_dir, _internal_call=True)
-            save_file(self._head_state(), f"{output_dir}/{HEAD_FILE}", metadata={"format": "pt"})
-            return
-        save_checkpoint(model, self.processing_class, output_dir, overwrite=True)
+        wrapper = self.accelerator.unwrap_model(self.model)
+        folder = Path(output_dir or self.args.output_dir)
+        writers = [lambda staging: wrapper.save_head(staging / HEAD_FILE)] if _internal_call else []
+        write_checkpoint_folder(folder, wrapper.model, self.processing_class, extra_writers=writers)

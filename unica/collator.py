@@ -99,6 +99,8 @@ class RetrievalCollator:
         image_root: folder against which relative image paths are resolved (default: the working
             directory).
         id_column: the column that names a row in error messages (the row's position otherwise).
+        prompts: the checkpoint's sentence-transformers prompts (:func:`unica.st.read_prompts`): ``"query"``
+            goes before query texts, ``"document"`` before positive and negative texts, as at inference.
 
     Example:
         >>> collator = RetrievalCollator(processor, hard_negatives=1)
@@ -115,6 +117,7 @@ class RetrievalCollator:
         hard_negatives: int = 0,
         image_root: str | os.PathLike | None = None,
         id_column: str = "qid",
+        prompts: Mapping[str, str] | None = None,
     ) -> None:
         if not isinstance(hard_negatives, int) or isinstance(hard_negatives, bool) or hard_negatives < 0:
             raise ValueError(f"hard_negatives must be an integer >= 0, got {hard_negatives!r}")
@@ -126,6 +129,7 @@ class RetrievalCollator:
         self.hard_negatives = hard_negatives
         self.image_root = pathlib.Path(image_root) if image_root is not None else None
         self.id_column = id_column
+        self.prompts = dict(prompts or {})
 
     # ------------------------------------------------------------------ checks
     def check_dataset(self, dataset: Any, name: str = "training dataset") -> None:
@@ -180,7 +184,11 @@ class RetrievalCollator:
             groups["positive"].append(self._side(row, "pos", name))
             if self.hard_negatives:
                 groups["negative"].extend(self._negatives(row, name))
-        batch = {group: dict(self.processor.process_items(items)) for group, items in groups.items()}
+        batch = {
+            group: dict(self.processor.process_items(items, prompt=self.prompts.get(
+                "query" if group == "query" else "document") or None))
+            for group, items in groups.items()
+        }
         if all("pos_did" in row for row in rows):
             batch["ids"] = self._document_ids(rows)
         return batch

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_unica import UniCAModel, UniCAProcessor
+from unica.st import read_prompts
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -42,8 +43,12 @@ def encode_items(
     dtype: str = "fp32",
     show_progress: bool = True,
     desc: str = "encoding",
+    prompt: str | None = None,
 ) -> np.ndarray:
     """Embed items (see `UniCAProcessor.process_items` for the kinds) into a float32 array.
+
+    ``prompt`` goes before every item's text (``UniCAProcessor.process_items``), e.g. the checkpoint's
+    ``"query"`` prompt (:func:`unica.st.read_prompts`).
 
     Example:
 
@@ -64,7 +69,7 @@ def encode_items(
     chunks = []
     try:
         for start in tqdm(range(0, len(items), batch_size), desc=desc, disable=not show_progress, unit="batch"):
-            batch = processor.process_items(items[start : start + batch_size]).to(device)
+            batch = processor.process_items(items[start : start + batch_size], prompt=prompt).to(device)
             with autocast_context(dtype, device):
                 embeddings = model(**batch).embeddings
             chunks.append(embeddings.float().cpu().numpy())
@@ -100,7 +105,7 @@ class UniCAEncoder:
     """
 
     def __init__(self, model: UniCAModel, processor: UniCAProcessor, fingerprint: str, dtype: str = "fp32",
-                 batch_size: int = 32):
+                 batch_size: int = 32, prompts: dict[str, str] | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -110,7 +115,9 @@ class UniCAEncoder:
         self.model, self.processor = model, processor
         self.model_fingerprint = fingerprint
         self.dtype, self.batch_size = dtype, batch_size
-        payload = json.dumps({"encoder": "unica", "model": fingerprint, "dtype": dtype}, sort_keys=True)
+        self.prompts = dict(prompts or {})
+        payload = json.dumps({"encoder": "unica", "model": fingerprint, "dtype": dtype, "prompts": self.prompts},
+                             sort_keys=True)
         self.fingerprint = hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     @classmethod
@@ -122,13 +129,15 @@ class UniCAEncoder:
         if dtype not in DTYPES:  # before the model is loaded
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         model, processor = load_checkpoint(path)
-        return cls(model, processor, fingerprint, dtype=dtype, batch_size=batch_size)
+        return cls(model, processor, fingerprint, dtype=dtype, batch_size=batch_size, prompts=read_prompts(path))
 
     def encode(self, items: Sequence[Any], batch_size: int | None = None, show_progress: bool = False,
-               desc: str = "encoding") -> np.ndarray:
-        """:func:`encode_items` with this encoder's dtype (and batch size unless one is given)."""
+               desc: str = "encoding", role: str | None = None) -> np.ndarray:
+        """:func:`encode_items` with this encoder's dtype (and batch size unless one is given); ``role``
+        (``"query"`` / ``"document"``) puts the prompt of that name (``prompts``) before each text."""
         return encode_items(self.model, self.processor, items, batch_size=batch_size or self.batch_size,
-                            dtype=self.dtype, show_progress=show_progress, desc=desc)
+                            dtype=self.dtype, show_progress=show_progress, desc=desc,
+                            prompt=self.prompts.get(role) if role else None)
 
 
 def read_jsonl_items(path: str | os.PathLike) -> list[dict]:

@@ -23,10 +23,8 @@ hit@k / MRR@1 come from ``unica evaluate``.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +32,7 @@ import torch
 
 from dataset_builders.rows import multimodal_item
 from unica.encoding import encode_items
+from unica.st import read_prompts
 
 
 class UniCAMTEBEncoder:
@@ -62,9 +61,7 @@ class UniCAMTEBEncoder:
         from unica.checkpoint import load_checkpoint
 
         model, processor = load_checkpoint(path)
-        config = Path(path) / "config_sentence_transformers.json"
-        prompts = json.loads(config.read_text()).get("prompts", {}) if config.is_file() else {}
-        return cls(model, processor, prompts, batch_dtype=dtype, batch_size=batch_size)
+        return cls(model, processor, read_prompts(path), batch_dtype=dtype, batch_size=batch_size)
 
     def _prompt(self, prompt_type: Any) -> str:
         if prompt_type is None:
@@ -74,7 +71,7 @@ class UniCAMTEBEncoder:
         return self.prompts.get(name, "")
 
     @staticmethod
-    def _batch_items(batch: Mapping[str, Any], prompt: str) -> list[Any]:
+    def _batch_items(batch: Mapping[str, Any]) -> list[Any]:
         texts, images = batch.get("text"), batch.get("image")
         if texts is None and images is None:
             raise ValueError(f"an MTEB batch needs a 'text' or 'image' list, got keys {sorted(batch)}")
@@ -85,12 +82,7 @@ class UniCAMTEBEncoder:
         for row in range(size):
             text = texts[row] if texts is not None else None
             image = images[row] if images is not None else None
-            item = multimodal_item(text, image, label=f"MTEB batch row {row}")
-            if prompt and isinstance(item, dict):
-                item["text"] = prompt + item["text"]
-            elif prompt and image is None:  # a text item
-                item = prompt + item
-            items.append(item)
+            items.append(multimodal_item(text, image, label=f"MTEB batch row {row}"))
         return items
 
     def encode(self, inputs: Iterable[Mapping[str, Any]], *, task_metadata: Any = None, hf_split: str | None = None,
@@ -98,8 +90,8 @@ class UniCAMTEBEncoder:
         """Embed every row of every batch (MTEB's ``encode`` signature); returns ``(rows, hidden)`` float32."""
         prompt = self._prompt(prompt_type)
         chunks = [
-            encode_items(self.model, self.processor, self._batch_items(batch, prompt), batch_size=self.batch_size,
-                         dtype=self.batch_dtype, show_progress=False)
+            encode_items(self.model, self.processor, self._batch_items(batch), batch_size=self.batch_size,
+                         dtype=self.batch_dtype, show_progress=False, prompt=prompt)
             for batch in inputs
         ]
         if not chunks:

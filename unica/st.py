@@ -48,5 +48,28 @@ def write_sentence_transformers_files(folder: str | os.PathLike, prompts: dict[s
     })
 
 
+def read_prompts(folder: str | os.PathLike) -> dict[str, str]:
+    """The ``prompts`` of a checkpoint folder's ``config_sentence_transformers.json`` ({} when it has none).
+
+    ``"query"`` goes before query texts, ``"document"`` before candidate texts: the processor applies them
+    (``UniCAProcessor.process_items(prompt=...)``) for sentence-transformers, MTEB, ``unica evaluate`` and training.
+
+    Example:
+        >>> read_prompts("/nonexistent")
+        {}
+    """
+    path = Path(folder) / "config_sentence_transformers.json"
+    if not path.is_file():
+        return {}
+    try:
+        prompts = json.loads(path.read_text(encoding="utf-8")).get("prompts") or {}
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"{path} is not a sentence-transformers config ({error}); re-save the checkpoint") from error
+    bad = [name for name, value in prompts.items() if not isinstance(value, str)]
+    if bad:
+        raise ValueError(f"{path}: prompts {bad} are not strings")
+    return dict(prompts)
+
+
 def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -114,17 +114,7 @@ class UniCAEmbedder(InputModule):
 
     def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
         items = [_as_item(value, index) for index, value in enumerate(inputs)]
-        if prompt:
-            items = [self._with_prompt(item, prompt) for item in items]
-        return dict(self.processor.process_items(items))
-
-    @staticmethod
-    def _with_prompt(item: Any, prompt: str) -> Any:
-        if isinstance(item, str):
-            return prompt + item
-        if isinstance(item, dict) and item.get("text"):
-            return {**item, "text": prompt + item["text"]}
-        return item
+        return dict(self.processor.process_items(items, prompt=prompt or None))
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
         output = self.model(**{key: features[key] for key in MODEL_INPUT_KEYS if key in features})

@@ -309,7 +309,9 @@ class UniCATrainer(Trainer):
         if self.args.should_save:
             model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
             record = training_record(self.args, self.state, self.training_data, self.train_dataset)
-            write_training_checkpoint(Path(output_dir), model, self.processing_class, self.args, record)
+            prompts = getattr(self.data_collator, "prompts", None)  # trained with them: the checkpoint keeps them
+            write_training_checkpoint(Path(output_dir), model, self.processing_class, self.args, record,
+                                      prompts=prompts or None)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 

@@ -78,6 +78,15 @@ class UniCATrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Must stay False: the collator needs the rows' columns."}
     )
+    # Every trainable weight of a UniCA model gets a gradient in every training step (vision-tower weights it never
+    # uses are frozen, see UNUSED_VISION_WEIGHTS; a batch without images ties the image path in with a zero
+    # gradient), so DistributedDataParallel runs without its unused-parameter search, with activation checkpointing
+    # or without (transformers' default, None, searches without checkpointing: one more graph traversal per step).
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "find_unused_parameters of DistributedDataParallel. False: every trainable UniCA weight "
+                  "takes part in every step. True only for weights of your own that some steps do not use."},
+    )
 
     def __post_init__(self) -> None:
         self.validate_unica()

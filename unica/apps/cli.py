@@ -20,6 +20,7 @@ _REGISTRARS = [
     ("unica.apps.train_cli", "register"),
     ("unica.apps.dataset_cli", "register"),
     ("unica.apps.eval_cli", "register"),
+    ("unica.apps.vista_cli", "register"),
 ]
 
 

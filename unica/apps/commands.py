@@ -38,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--pooling", choices=POOLINGS, help="default: the text model's own (CLS unless its "
                       "sentence-transformers pooling says mean)")
     init.add_argument("--bica-layers", type=_positive_int, default=1)
-    init.add_argument("--image-size", type=_positive_int, help="image size of a preset vision tower")
+    init.add_argument("--image-size", type=_positive_int,
+                      help="image size of a preset vision tower; for a pretrained tower, the size images are "
+                           "resized to (position embeddings interpolated), for towers with too many patches")
     init.add_argument("--patch-size", type=_positive_int, help="patch size of a preset vision tower")
     init.add_argument("--seed", type=int, default=0, help="seed for the randomly initialised parts")
     init.add_argument("--overwrite", action="store_true", help="replace an existing folder")
@@ -87,9 +89,11 @@ def run_init(args: argparse.Namespace) -> int:
     vision_overrides = {
         k: v for k, v in (("image_size", args.image_size), ("patch_size", args.patch_size)) if v is not None
     }
-    if vision_overrides:
-        if args.vision not in VISION_PRESETS:
-            raise ValueError("--image-size / --patch-size apply to preset vision towers only")
+    if vision_overrides and args.vision not in VISION_PRESETS:
+        if args.patch_size is not None:
+            raise ValueError("--patch-size applies to preset vision towers only")
+        overrides["image_size"] = args.image_size  # a pretrained tower keeps its weights, at this input size
+    elif vision_overrides:
         overrides["vision_config_overrides"] = vision_overrides
     if args.fusion == "bica":
         overrides["bica_layers"] = args.bica_layers

@@ -45,8 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="cut-offs, e.g. 1,5,10 (at least one of 1, 5, 10: the reported metrics' cut-offs)")
     evaluate.add_argument("--cache-dir", help="candidate-embedding cache (default: OUT/embedding-cache)")
     evaluate.add_argument("--no-cache", action="store_true")
-    evaluate.add_argument("--shard", type=_shard, help="encode only candidate shard i/n into --shard-dir")
-    evaluate.add_argument("--shard-dir", help="per-shard embeddings; without --shard, merge them into the index")
+    evaluate.add_argument("--shard", type=_shard, help="encode only candidate shard i/n into --shard-dir (each shard "
+                          "with a manifest: model and data fingerprints, shard i/n, its ids' digest)")
+    evaluate.add_argument("--shard-dir", help="per-shard embeddings; without --shard, merge them into the index "
+                          "(refused for shards of another model or data, a missing shard, missing or repeated ids)")
     evaluate.add_argument("--split", default="test")
     evaluate.set_defaults(func=run_evaluate)
 
@@ -92,7 +94,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         split=args.split, shard=shard, shard_dir=args.shard_dir,
     )
     if shard is not None:
-        logger.info("wrote candidate shard %d/%d to %s", shard[0], shard[1], args.shard_dir)
+        for path in results["shards"]:
+            logger.info("wrote candidate shard %d/%d: %s", shard[0], shard[1], path)
         return 0
     for task, values in results["tasks"].items():
         logger.info("%s: hit@5 %.4f  hit@10 %.4f  mrr@1 %.4f  (%d queries, %d candidates)", task,

@@ -25,6 +25,7 @@ from eval.harness import DEFAULT_K_VALUES, check_k_values, evaluate
 from eval.index import IndexSpec
 from unica.checkpoint import load_checkpoint
 from unica.encoding import UniCAEncoder
+from unica.st import read_prompts
 
 __all__ = ["evaluate_checkpoint"]
 
@@ -54,9 +55,12 @@ def evaluate_checkpoint(
     k_values = check_k_values(k_values, report=out_dir is not None and shard is None)
     model, processor = load_checkpoint(checkpoint)
     fingerprint = fingerprint_model_dir(checkpoint)
-    encoder = UniCAEncoder(model, processor, fingerprint, dtype=dtype, batch_size=batch_size)
+    encoder = UniCAEncoder(model, processor, fingerprint, dtype=dtype, batch_size=batch_size,
+                           prompts=read_prompts(checkpoint))  # the query / document prompts, as ST applies them
     settings = {"checkpoint": str(checkpoint), "dataset": str(dataset_dir), "model_fingerprint": fingerprint,
                 "dtype": dtype}
-    return evaluate(encoder, dataset_dir, out_dir=out_dir, tasks=tasks, index_spec=index_spec, cache_dir=cache_dir,
+    # The harness decodes and encodes the candidates in chunks of whole batches of this size.
+    return evaluate(encoder, dataset_dir, out_dir=out_dir, tasks=tasks, batch_size=batch_size,
+                    index_spec=index_spec, cache_dir=cache_dir,
                     k_values=k_values, pool=pool, split=split, shard=shard, shard_dir=shard_dir,
                     show_progress=show_progress, settings=settings, title="UniCA retrieval evaluation")

@@ -8,6 +8,10 @@ init:                    # build a model from components (or `model: path/to/che
   vision: vit-micro      # a preset or a CLIP / SigLIP / ViT folder / Hub id
   fusion: bica           # ... and any other UniCAConfig field, vision_config_overrides, max_text_length
   seed: 0                # seed for the randomly initialised parts
+# model:                 # or a checkpoint folder: `model: path`, or a mapping that also switches its fusion:
+#   path: ./vista-base   #   e.g. a converted VISTA (concat) checkpoint ...
+#   fusion: bica         #   ... gets zero-gated Bi-CA layers (it computes the same until trained); concat drops them
+#   bica_layers: 1
 data:
   builder: scenes        # a builder (synthetic scenes, generated into output_dir/scenes-data if needed),
   # path: rows/          # or a `save_to_disk` folder, an exported Parquet folder, or a JSONL of records
@@ -53,6 +57,7 @@ __all__ = ["BUILDERS", "build_trainer", "find_last_checkpoint", "load_config", "
 
 SECTIONS = ("init", "model", "data", "training")
 INIT_EXTRA_KEYS = ("text", "vision", "seed", "vision_config_overrides", "max_text_length")
+MODEL_KEYS = ("path", "fusion", "bica_layers")  # the mapping form of `model:`
 DATA_KEYS = (
     "builder", "path", "config", "split", "eval_split", "eval_path", "max_rows", "max_eval_rows", "image_root",
     "root", "num_scenes", "image_size", "seed",
@@ -85,6 +90,25 @@ def _check_keys(section: Mapping[str, Any], valid: list[str] | tuple[str, ...], 
             close = difflib.get_close_matches(str(key), valid, n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ValueError(f"unknown key(s) {', '.join(hints)} in {where}; valid keys: {', '.join(sorted(valid))}")
+
+
+def check_model_section(section: Any, where: str) -> None:
+    """``model:`` is a checkpoint folder path, or a mapping ``{path, fusion, bica_layers}`` (``ValueError`` otherwise)."""
+    from configuration_unica import FUSIONS
+
+    if isinstance(section, str):
+        return
+    if not isinstance(section, Mapping) or not isinstance(section.get("path"), str):
+        raise ValueError(f"{where} must be a checkpoint folder path or a mapping with 'path' (and optionally 'fusion', "
+                         f"'bica_layers'), got {section!r}")
+    _check_keys(section, MODEL_KEYS, where)
+    if "fusion" in section and section["fusion"] not in FUSIONS:
+        raise ValueError(f"fusion in {where} must be one of {FUSIONS}, got {section['fusion']!r}")
+    layers = section.get("bica_layers")
+    if layers is not None and (not isinstance(layers, int) or isinstance(layers, bool) or layers < 1):
+        raise ValueError(f"bica_layers in {where} must be a positive integer, got {layers!r}")
+    if layers is not None and "fusion" not in section:
+        raise ValueError(f"bica_layers in {where} applies with fusion: bica; add fusion: bica")
 
 
 def training_argument_names() -> list[str]:
@@ -214,8 +238,8 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         _check_keys(section, valid, f"section {name!r} of {str(file)!r}")
         if name == "training":
             coerce_training_values(section, f"section 'training' of {str(file)!r}")
-    if "model" in config and not isinstance(config["model"], str):
-        raise ValueError(f"'model' in {str(file)!r} must be a checkpoint folder path, got {config['model']!r}")
+    if "model" in config:
+        check_model_section(config["model"], f"'model' in {str(file)!r}")
     training = config.get("training") or {}
     if "output_dir" not in training:
         raise ValueError(f"section 'training' of {str(file)!r} needs output_dir (where checkpoints go)")
@@ -319,7 +343,13 @@ def load_model(config: Mapping[str, Any]) -> tuple[Any, Any]:
     from unica.checkpoint import default_text_encoder, init_model, load_checkpoint
 
     if "model" in config:
-        return load_checkpoint(config["model"])
+        section = config["model"] if isinstance(config["model"], Mapping) else {"path": config["model"]}
+        model, processor = load_checkpoint(section["path"])
+        if "fusion" in section:
+            from unica.fusion import set_fusion
+
+            set_fusion(model, section["fusion"], section.get("bica_layers"))
+        return model, processor
     init = dict(config["init"] or {})
     text = init.pop("text", "default")
     if text in (None, "default"):
@@ -414,7 +444,14 @@ def build_trainer(config: Mapping[str, Any], callbacks: list | None = None) -> A
     with args.main_process_first(desc="preparing training data"):
         train, evaluation, image_root = load_data(config["data"], args.output_dir)
     model, processor = load_model(config)
-    collator = RetrievalCollator(processor, hard_negatives=args.hard_negatives, image_root=image_root)
+    prompts = {}
+    if "model" in config:  # a checkpoint's query / document prompts apply in training as at inference
+        from unica.st import read_prompts
+
+        section = config["model"]
+        prompts = read_prompts(section["path"] if isinstance(section, Mapping) else section)
+    collator = RetrievalCollator(processor, hard_negatives=args.hard_negatives, image_root=image_root,
+                                 prompts=prompts)
     if evaluation is None and args.eval_strategy != "no":
         raise ValueError(f"training.eval_strategy={args.eval_strategy!s} needs evaluation rows: set data.eval_split or data.eval_path")
     return UniCATrainer(
