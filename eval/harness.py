@@ -51,6 +51,7 @@ A UniCA checkpoint folder is evaluated the same way by ``unica evaluate`` (``uni
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -451,11 +452,15 @@ class _Encoding:
         chunk = self.chunk_size or DEFAULT_CHUNK_ITEMS
         return math.ceil(chunk / self.batch_size) * self.batch_size if self.batch_size else chunk
 
-    def _role(self, role: str) -> dict[str, str]:
-        """``{"role": role}`` for encoders whose ``encode`` takes it (those written before it was added do not)."""
+    @functools.cached_property
+    def _takes_role(self) -> bool:
+        """Whether the encoder's ``encode`` takes ``role`` (those written before it was added do not)."""
         parameters = inspect.signature(self.encoder.encode).parameters
-        takes = "role" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-        return {"role": role} if takes else {}
+        return "role" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+    def _role(self, role: str) -> dict[str, str]:
+        """``{"role": role}`` for an encoder that takes it, else nothing."""
+        return {"role": role} if self._takes_role else {}
 
     def encode(self, items: Sequence[Any], desc: str, role: str = "document") -> np.ndarray:
         """Embed items chunk by chunk into one float32 matrix; one progress bar for them all.

@@ -150,11 +150,16 @@ def known_positive_mask(query_positive_ids: Tensor, candidate_ids: Tensor) -> Te
     return (same & (candidate_ids >= 0)[None, None, :]).any(dim=1)
 
 
-def _mask_known_positives(logits: Tensor, known: Tensor, labels: Tensor) -> Tensor:
-    """Drop other columns that hold a query's known positive from its softmax (in-batch false negatives)."""
+def _false_negatives(known: Tensor, labels: Tensor) -> Tensor:
+    """``known`` (a :func:`known_positive_mask`) without each row's label column: its in-batch false negatives."""
     known = known.clone()
     known[torch.arange(labels.shape[0], device=labels.device), labels] = False  # the label column stays
-    return logits.masked_fill(known, float("-inf"))
+    return known
+
+
+def _mask_known_positives(logits: Tensor, known: Tensor, labels: Tensor) -> Tensor:
+    """Drop other columns that hold a query's known positive from its softmax (in-batch false negatives)."""
+    return logits.masked_fill(_false_negatives(known, labels), float("-inf"))
 
 
 def false_negative_mask(
@@ -172,9 +177,7 @@ def false_negative_mask(
     """
     columns = _candidate_ids(positive_ids, negative_ids, num_negatives, gather=False)
     known = known_positive_mask(query_positive_ids, columns)
-    rows = torch.arange(known.shape[0], device=known.device)
-    known[rows, rows] = False
-    return known
+    return _false_negatives(known, torch.arange(known.shape[0], device=known.device))
 
 
 def _candidate_ids(positive_ids: Tensor, negative_ids: Tensor | None, num_negatives: int | None, gather: bool) -> Tensor:

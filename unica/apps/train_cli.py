@@ -336,14 +336,22 @@ def load_data(data: Mapping[str, Any], output_dir: str) -> tuple[Any, Any, Path 
 
 
 # ---------------------------------------------------------------------- model
+def model_section(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``model:`` section as a mapping (``{"path": ...}`` for the plain path form), None without one."""
+    if "model" not in config:
+        return None
+    section = config["model"]
+    return dict(section) if isinstance(section, Mapping) else {"path": section}
+
+
 def load_model(config: Mapping[str, Any]) -> tuple[Any, Any]:
     """(model, processor) from ``init:`` (components) or ``model:`` (a checkpoint folder)."""
     import torch
 
     from unica.checkpoint import default_text_encoder, init_model, load_checkpoint
 
-    if "model" in config:
-        section = config["model"] if isinstance(config["model"], Mapping) else {"path": config["model"]}
+    section = model_section(config)
+    if section is not None:
         model, processor = load_checkpoint(section["path"])
         if "fusion" in section:
             from unica.fusion import set_fusion
@@ -445,11 +453,11 @@ def build_trainer(config: Mapping[str, Any], callbacks: list | None = None) -> A
         train, evaluation, image_root = load_data(config["data"], args.output_dir)
     model, processor = load_model(config)
     prompts = {}
-    if "model" in config:  # a checkpoint's query / document prompts apply in training as at inference
+    section = model_section(config)
+    if section is not None:  # a checkpoint's query / document prompts apply in training as at inference
         from unica.st import read_prompts
 
-        section = config["model"]
-        prompts = read_prompts(section["path"] if isinstance(section, Mapping) else section)
+        prompts = read_prompts(section["path"])
     collator = RetrievalCollator(processor, hard_negatives=args.hard_negatives, image_root=image_root,
                                  prompts=prompts)
     if evaluation is None and args.eval_strategy != "no":
