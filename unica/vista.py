@@ -92,6 +92,11 @@ def _key_error(weights: str | os.PathLike, what: str, unexpected: list[str], mis
     return ValueError(f"{str(weights)!r} {what}: " + "; ".join(parts) + f"; {fix}")
 
 
+# Where VISTA's released weights live, and their licence (the model card of BAAI/bge-visualized: MIT).
+VISTA_HUB_ID = "BAAI/bge-visualized"
+VISTA_LICENSE = "mit"
+
+
 def load_vista_state_dict(weights: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a VISTA ``.pth`` (read with ``torch.load(weights_only=True)``) or ``.safetensors`` file.
 
@@ -260,6 +265,12 @@ def load_vista(
         contrastive_temperature=VISTA_TEMPERATURE,
         empty_text_ids=list(tokenizer("")["input_ids"]),
         fused_position_start=0,  # VISTA: [CLS] at 0, image tokens 1..N, for BERT and XLM-R alike
+        components={
+            "text": {"name": str(text), "pretrained": True},
+            "vision": {"name": f"EVA02-CLIP-B/16 from {Path(weights).name}", "pretrained": True},
+            "origin": {"name": "VISTA / Visualized-BGE (BAAI/bge-visualized, arXiv 2406.04292)",
+                       "weights": Path(weights).name, "hub_id": VISTA_HUB_ID, "license": VISTA_LICENSE},
+        },
     )
     with torch.random.fork_rng(devices=[]):  # the Bi-CA layers' initialisation: the same for every conversion
         torch.manual_seed(0)

@@ -58,9 +58,23 @@ DEFAULT_METRICS = ("hit@5", "hit@10", "mrr@1")
 DEFAULT_SCENES_TASKS = (0, 2, 3, 7)
 
 
-def _cell_name(fusion: str, psl_weight: float, learning_rate: float) -> str:
-    # No "|" in cell names: they go into markdown tables.
-    return f"{fusion} psl={psl_weight:g} lr={learning_rate:g}"
+def cell_name(fusion: str, psl_weight: float, learning_rate: float) -> str:
+    """``"bica psl=0.1 lr=0.0001"``: a cell's name in tables and JSON (no "|": names go into markdown tables)."""
+    return f"{fusion} psl={float(psl_weight):g} lr={float(learning_rate):g}"
+
+
+def cell_run_dir(out: str | os.PathLike, cell: str, seed: int) -> Path:
+    """Where a cell's seed trains and keeps ``final/`` (the model) and ``evaluation.json`` under the ablation's out."""
+    return Path(out) / "runs" / cell.replace(" ", "_").replace("=", "") / f"seed{seed}"
+
+
+def _config_digest(config: Mapping[str, Any]) -> str:
+    """A digest of a cell's training config, minus where it is written: a finished cell is reused only if equal."""
+    import hashlib
+
+    settings = copy.deepcopy(dict(config))
+    settings.get("training", {}).pop("output_dir", None)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def load_ablation_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -288,31 +302,46 @@ def run_ablation(config: Mapping[str, Any], out: str | os.PathLike) -> dict[str,
 
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     started = time.time()
-    for fusion, psl_weight, rate in itertools.product(fusions, psl_weights, rates):
-        cell = _cell_name(fusion, psl_weight, rate)
-        for seed in seeds:
-            run_dir = out / "runs" / cell.replace(" ", "_").replace("=", "") / f"seed{seed}"
-            final = run_dir / "final"
-            result_file = run_dir / "evaluation.json"
-            if result_file.is_file():  # a finished run (the ablation can be resumed)
-                runs.setdefault(cell, {})[seed] = json.loads(result_file.read_text())
-                continue
-            logger.info("ablation: training %s seed %d", cell, seed)
-            trainer = build_trainer(_cell_config(config["train"], fusion, psl_weight, rate, seed, run_dir, data_root))
-            train_output = trainer.train()
-            trainer.save_model(str(final))
-            results = evaluate_checkpoint(final, eval_dir, tasks=evaluation.get("tasks"),
-                                          batch_size=int(evaluation.get("batch_size", 64)), show_progress=False)
-            record = {"tasks": results["tasks"], "per_query": results["per_query"],
-                      "train_loss": float(train_output.training_loss), "steps": int(train_output.global_step)}
-            write_results_json(record, result_file)
+    plan = [(cell_name(f, w, r), f, w, r, seed) for f, w, r in itertools.product(fusions, psl_weights, rates)
+            for seed in seeds]
+    for number, (cell, fusion, psl_weight, rate, seed) in enumerate(plan, start=1):
+        run_dir = cell_run_dir(out, cell, seed)
+        final = run_dir / "final"
+        result_file = run_dir / "evaluation.json"
+        cell_config = _cell_config(config["train"], fusion, psl_weight, rate, seed, run_dir, data_root)
+        digest = _config_digest(cell_config)
+        if result_file.is_file():  # a finished run (the ablation can be resumed)
+            record = json.loads(result_file.read_text())
+            if record.get("config_digest") != digest:
+                raise ValueError(f"{str(result_file)!r} was trained with other settings than this ablation's "
+                                 f"{cell} seed {seed}; use another output folder or delete {str(run_dir)!r}")
+            logger.info("cell %d/%d: %s seed %d: reusing the finished run in %s", number, len(plan), cell, seed,
+                        run_dir)
             runs.setdefault(cell, {})[seed] = record
+            continue
+        cell_started = time.time()
+        logger.info("cell %d/%d: training %s seed %d (%s steps)", number, len(plan), cell, seed,
+                    cell_config["training"].get("max_steps", "all"))
+        trainer = build_trainer(cell_config)
+        train_output = trainer.train()
+        trainer.save_model(str(final))
+        results = evaluate_checkpoint(final, eval_dir, tasks=evaluation.get("tasks"),
+                                      batch_size=int(evaluation.get("batch_size", 64)), show_progress=False)
+        record = {"tasks": results["tasks"], "per_query": results["per_query"], "config_digest": digest,
+                  "train_loss": float(train_output.training_loss), "steps": int(train_output.global_step)}
+        write_results_json(record, result_file)
+        runs.setdefault(cell, {})[seed] = record
+        logger.info("cell %d/%d: %s seed %d done in %.0f s: %s", number, len(plan), cell, seed,
+                    time.time() - cell_started, ", ".join(f"{task} {metrics[0]} {values[metrics[0]]:.3f}"
+                                                          for task, values in results["tasks"].items()))
     summary = summarize_ablation(runs, fusions, psl_weights, rates, seeds, baseline, metrics,
                                  num_resamples=int(evaluation.get("num_resamples", 10_000)))
     summary["settings"] = {"grid": {"fusion": fusions, "psl_weight": psl_weights, "learning_rate": rates,
                                     "seed": seeds}, "baseline": baseline, "evaluation": str(eval_dir),
                            "base_training": config["train"].get("training"), "wall_seconds": time.time() - started}
-    write_ablation_outputs(summary, out, metrics)
+    summary["markdown"] = write_ablation_outputs(summary, out, metrics)
+    logger.info("ablation: %d run(s) in %.0f s; wrote %s and %s", len(plan), time.time() - started,
+                out / "ablation.json", out / "ablation.md")
     return summary
 
 
@@ -332,9 +361,9 @@ def summarize_ablation(
     for task in tasks:
         cells, deltas = {}, {}
         for fusion, psl_weight, rate in itertools.product(fusions, psl_weights, rates):
-            cell = _cell_name(fusion, psl_weight, rate)
+            cell = cell_name(fusion, psl_weight, rate)
             cells[cell] = {m: summarize_seeds([runs[cell][s]["tasks"][task][m] for s in seeds]) for m in metrics}
-            base_cell = _cell_name(baseline["fusion"], float(baseline["psl_weight"]), rate)
+            base_cell = cell_name(baseline["fusion"], float(baseline["psl_weight"]), rate)
             if cell != base_cell:
                 deltas[cell] = {
                     m: paired_bootstrap(_per_query(runs[base_cell], seeds, task, m),
@@ -349,8 +378,9 @@ def _per_query(cell_runs: Mapping[int, Mapping[str, Any]], seeds: Sequence[int],
     return np.array([cell_runs[s]["per_query"][task][metric] for s in seeds], dtype=np.float64)
 
 
-def write_ablation_outputs(summary: Mapping[str, Any], out: Path, metrics: Sequence[str]) -> None:
-    """ablation.md (one table per task), ablation.json (numbers + the markdown, for the model card), LR plots."""
+def write_ablation_outputs(summary: Mapping[str, Any], out: Path, metrics: Sequence[str]) -> str:
+    """ablation.md (one table per task), ablation.json (numbers + the markdown, for the model card), LR plots;
+    returns the markdown."""
     baseline = summary["settings"]["baseline"]
     sections = []
     for task, data in summary["tasks"].items():
@@ -359,7 +389,7 @@ def write_ablation_outputs(summary: Mapping[str, Any], out: Path, metrics: Seque
         for rate in rates:
             cells = {c: v for c, v in data["cells"].items() if c.endswith(f" lr={rate:g}")}
             deltas = {c: v for c, v in data["deltas"].items() if c in cells}
-            base_cell = _cell_name(baseline["fusion"], float(baseline["psl_weight"]), rate)
+            base_cell = cell_name(baseline["fusion"], float(baseline["psl_weight"]), rate)
             tables.append(ablation_table(cells, deltas, metrics, base_cell))
         sections.append(f"### {task}\n\n" + "\n\n".join(tables))
         series: dict[str, dict[float, Any]] = {}
@@ -387,8 +417,11 @@ def write_ablation_outputs(summary: Mapping[str, Any], out: Path, metrics: Seque
         },
     }
     write_results_json(payload, out / "ablation.json")
+    return markdown
 
 
 def run_ablation_from_config(path: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
-    """``unica ablate --config PATH --out OUT``."""
-    return run_ablation(load_ablation_config(path), out)
+    """``unica ablate --config PATH --out OUT``: runs the grid, then prints the summary tables and where they are."""
+    summary = run_ablation(load_ablation_config(path), out)
+    print(f"\n{summary['markdown']}\n\nwrote {Path(out) / 'ablation.json'} and {Path(out) / 'ablation.md'}")
+    return summary
