@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
@@ -275,12 +276,65 @@ def _complete_tasks(table: pa.Table, path: Path, pool_modalities: dict[str, str]
 class PoolSubset:
     """The rows of a candidate pool that a build needs, plus the size of the whole pool."""
 
-    table: pa.Table  # did, txt, img_path, modality; only the requested rows
-    pool_size: int
+    table: pa.Table  # did, txt, img_path, modality; only the requested rows, one per did
+    pool_size: int  # distinct candidate ids in the pool files
+    merged_duplicates: int = 0  # extra copies of identical records (same did and content) that were merged
 
     def by_did(self) -> dict[str, dict]:
         """did -> candidate record (only the requested rows, so small)."""
         return {row["did"]: row for row in self.table.to_pylist()}
+
+
+def _same_content(record: dict) -> tuple:
+    """What makes two candidate records with one did the same: txt, img_path, modality (None == "")."""
+    return tuple(record.get(name) or "" for name in ("txt", "img_path", "modality"))
+
+
+def _merge_duplicates(paths: list[Path], duplicated: pa.Array) -> tuple[int, list[Path]]:
+    """Check the records of ``duplicated`` dids (a second pass over the pool files, reading only those rows).
+
+    Identical records (same did, txt, img_path and modality; a missing text or image equals an empty one)
+    are one candidate listed in several pools (M-BEIR's local pools share records): they are merged.
+    Records that share a did but differ raise ``ValueError`` naming the did, both files and lines, and the
+    fields that differ. Returns (extra copies merged, the files that hold duplicated dids).
+    """
+    first: dict[str, tuple[dict, Path, int]] = {}
+    conflicts: list[tuple[str, dict, Path, int, dict, Path, int]] = []
+    files: set[Path] = set()
+    extra = 0
+    value_set = pc.unique(duplicated)
+    for path in paths:
+        row = 0
+        for batch in iter_jsonl_batches(path, CANDIDATE_SCHEMA):
+            mask = pc.is_in(batch.column("did"), value_set=value_set)
+            if pc.any(mask).as_py():
+                positions = pc.indices_nonzero(mask).to_pylist()
+                for position, record in zip(positions, batch.filter(mask).to_pylist()):
+                    did = record["did"]
+                    files.add(path)
+                    if did not in first:
+                        first[did] = (record, path, row + position)
+                        continue
+                    extra += 1
+                    seen, seen_path, seen_row = first[did]
+                    if _same_content(seen) != _same_content(record):
+                        conflicts.append((did, seen, seen_path, seen_row, record, path, row + position))
+            row += batch.num_rows
+    if conflicts:
+        did, a, path_a, row_a, b, path_b, row_b = conflicts[0]
+        differences = "; ".join(
+            f"{name} {a.get(name)!r} vs {b.get(name)!r}"
+            for name in ("txt", "img_path", "modality")
+            if (a.get(name) or "") != (b.get(name) or "")
+        )
+        dids = sorted({conflict[0] for conflict in conflicts})
+        raise ValueError(
+            f"{len(dids)} duplicate candidate ids (did) name different records, e.g. {did!r} in "
+            f"{path_a}:{_line_of_row(path_a, row_a)} and {path_b}:{_line_of_row(path_b, row_b)} ({differences})"
+            + (f"; also {dids[:5]}" if len(dids) > 1 else "")
+            + "; a did must name one record: fix or drop one of them, or pass only the pools that agree"
+        )
+    return extra, [path for path in paths if path in files]
 
 
 def load_pool_subset(
@@ -289,8 +343,10 @@ def load_pool_subset(
     """Stream candidate pools, check their ids, and keep only the candidates in ``wanted``.
 
     ``wanted=None`` keeps every row. ``referenced`` (all candidate ids the queries point at) is checked
-    against the pool: ids not in it are an error with the count and first examples. Duplicate dids are
-    an error. Memory: the did column of the pool plus the kept rows.
+    against the pool: ids not in it are an error with the count and first examples. A did listed more
+    than once (in one file or in several) is merged if the records are identical (logged, and counted in
+    ``merged_duplicates``) and an error naming the did, files and difference if they are not.
+    Memory: the did column of the pool plus the kept rows.
     """
     paths = [Path(p) for p in paths]
     did_chunks: list[pa.Array] = []
@@ -312,13 +368,21 @@ def load_pool_subset(
         raise FileNotFoundError("no candidate pool files given; check the M-BEIR root (cand_pool/...)")
     all_dids = pa.chunked_array(did_chunks, pa.string())
     where = ", ".join(str(p) for p in paths)
-    check_unique(all_dids, "candidate ids (did)", where)
+    counts = pc.value_counts(all_dids)
+    duplicated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    merged = 0
+    if len(duplicated):
+        merged, files = _merge_duplicates(paths, duplicated)
+        logger.info(
+            "merged %d identical duplicate candidate record(s) (%d dids listed more than once, e.g. %r) in %s",
+            merged, len(duplicated), duplicated[0].as_py(), ", ".join(str(f) for f in files),
+        )
     modalities = [m for m in pc.unique(pa.chunked_array([b.column("modality") for b in kept], pa.string())).to_pylist()]
     unknown = [m for m in modalities if m not in MODALITIES]
     if unknown:
         raise ValueError(f"{where}: unknown candidate modality {unknown}; expected one of {list(MODALITIES)}")
     if referenced is not None:
-        missing = pc.filter(referenced, pc.invert(pc.is_in(referenced, value_set=all_dids.combine_chunks())))
+        missing = pc.filter(referenced, pc.invert(pc.is_in(referenced, value_set=counts.field("values"))))
         if len(missing):
             missing = pc.unique(missing)
             raise ValueError(
@@ -326,7 +390,10 @@ def load_pool_subset(
                 f"e.g. {missing.to_pylist()[:5]}; use the pool the queries were made with"
             )
     table = pa.Table.from_batches(kept, CANDIDATE_SCHEMA) if kept else CANDIDATE_SCHEMA.empty_table()
-    return PoolSubset(table=table, pool_size=len(all_dids))
+    if merged and len(table):  # keep the first copy of each did, in pool order
+        _, first_rows = np.unique(table.column("did").to_numpy(zero_copy_only=False), return_index=True)
+        table = table.take(pa.array(np.sort(first_rows), pa.int64()))
+    return PoolSubset(table=table, pool_size=len(counts), merged_duplicates=merged)
 
 
 def read_pool_modalities(paths: Iterable[str | Path]) -> dict[str, str]:
@@ -441,14 +508,37 @@ class MBEIRLayout:
     def qrels_file(self, dataset: str, task_id: int, split: str = "test") -> Path:
         return self.root / "qrels" / split / f"mbeir_{dataset.lower()}_task{task_id}_{split}_qrels.txt"
 
-    def training_pools(self) -> list[Path]:
-        """The pool training queries refer to: the global union train pool, else every local pool."""
-        union = self.global_pool("train")
+    def training_pools(self, split: str = "train") -> list[Path]:
+        """The candidate pool the ``split`` queries refer to, logged (INFO) with the reason it was chosen.
+
+        1. the union pool ``cand_pool/global/mbeir_union_<split>_cand_pool.jsonl``;
+        2. else the only ``cand_pool/global/*_<split>_cand_pool.jsonl``: a union pool named otherwise
+           (several such files are an error listing them: pass the pool files to use);
+        3. else every local pool ``cand_pool/local/*.jsonl`` (records they share are merged if identical).
+        """
+        union = self.global_pool(split)
         if union.is_file():
+            logger.info("candidate pool for %s: %s (the union pool)", split, union)
             return [union]
+        others = sorted((self.root / "cand_pool" / "global").glob(f"*_{split}_cand_pool.jsonl"))
+        if len(others) == 1:
+            logger.info(
+                "candidate pool for %s: %s (no %s; it is the only cand_pool/global/*_%s_cand_pool.jsonl)",
+                split, others[0], union.name, split,
+            )
+            return others
+        if others:
+            raise ValueError(
+                f"no {union.name} in {union.parent}, and several pools could be the {split} union pool: "
+                f"{[p.name for p in others]}; pass the one(s) to use (--pool-files / pool_files=)"
+            )
         local = sorted((self.root / "cand_pool" / "local").glob("*.jsonl"))
         if not local:
             raise FileNotFoundError(f"no candidate pool under {self.root / 'cand_pool'}; expected {union}")
+        logger.info(
+            "candidate pool for %s: the %d local pools in %s (no cand_pool/global/*_%s_cand_pool.jsonl): %s",
+            split, len(local), local[0].parent, split, ", ".join(p.name for p in local),
+        )
         return local
 
     def image_path(self, relative: str, record: str = "a record") -> Path:

@@ -38,8 +38,8 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import asdict, dataclass
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -323,9 +323,10 @@ def generate_scenes(
         metadata = {
             "generator": "dataset_builders.scenes.generate_scenes",
             "num_scenes": num_scenes, "seed": seed, "image_size": image_size, "test_fraction": test_fraction,
-            "task_probability": {str(t): probability[t] for t in TASKS},
             **counts,
         }
+        if probability != TASK_PROBABILITY:  # recorded when not the default: default roots stay byte-identical
+            metadata["task_probability"] = {str(t): probability[t] for t in TASKS}
         (root / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     logger.info("generated %d scenes in %s: %s", num_scenes, out_dir, counts["queries"])
     return metadata

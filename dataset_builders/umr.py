@@ -163,13 +163,22 @@ def sample_umr(
     query_files: list[str | Path] | None = None,
     pool_files: list[str | Path] | None = None,
     check_images: bool = True,
+    split: str = "train",
 ) -> UMRSample:
-    """Read, validate and sample an M-BEIR training set (see module docstring)."""
+    """Read, validate and sample an M-BEIR ``split`` (see module docstring).
+
+    ``query_files`` default to ``query/<split>/*.jsonl``, ``pool_files`` to the split's pool
+    (:meth:`MBEIRLayout.training_pools`); the pool file(s) used are logged.
+    """
     started = time.perf_counter()
     check_fraction(fraction)
     layout = MBEIRLayout(mbeir_root)
-    query_files = [Path(p) for p in query_files] if query_files else layout.query_files("train")
-    pool_files = [Path(p) for p in pool_files] if pool_files else layout.training_pools()
+    query_files = [Path(p) for p in query_files] if query_files else layout.query_files(split)
+    if pool_files:
+        pool_files = [Path(p) for p in pool_files]
+        logger.info("candidate pool for %s: the given file(s) %s", split, ", ".join(str(p) for p in pool_files))
+    else:
+        pool_files = layout.training_pools(split)  # logs which file(s) and why
     try:
         table = read_queries(query_files)
     except ValueError as error:
@@ -356,20 +365,18 @@ def load_training_rows(
     """Every query of an M-BEIR root's ``split`` as an in-memory ``datasets.Dataset`` of TRAINING_FEATURES.
 
     Images stay on disk (absolute paths, decoded on access). The pool is the global union pool of the
-    split (``cand_pool/global/mbeir_union_<split>_cand_pool.jsonl``), else every local pool.
+    split (``cand_pool/global/mbeir_union_<split>_cand_pool.jsonl``, else the only
+    ``cand_pool/global/*_<split>_cand_pool.jsonl``), else every local pool: see
+    :meth:`MBEIRLayout.training_pools`, which logs the file(s) it picked.
 
     Example::
 
         ds = load_training_rows("./scenes", split="train")
         ds[0]["query_text"], ds[0]["pos_image"].size
     """
-    layout = MBEIRLayout(mbeir_root)
-    if pool_files is None:
-        union = layout.global_pool(split)
-        pool_files = [union] if union.is_file() else layout.training_pools()
     sample = sample_umr(
         mbeir_root, fraction=1.0, seed=0, min_per_stratum=0, skip_missing=skip_missing,
-        query_files=query_files or layout.query_files(split), pool_files=pool_files,
+        query_files=query_files, pool_files=pool_files, split=split,
     )
     rows = list(training_rows(sample.queries, sample.candidates, sample.root, embed_images=False))
     columns = {name: [row[name] for row in rows] for name in TRAINING_FEATURES}

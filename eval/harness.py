@@ -85,6 +85,19 @@ CORPUS_COLUMNS = ("did", "text", "image")
 QUERY_COLUMNS = ("qid", "query_text", "query_image")
 
 
+def report_metrics(k_values: Sequence[int]) -> list[str]:
+    """The metrics a report shows (results.md, the ``unica evaluate`` lines): ``hit@k`` for every cut-off asked
+    for, then those of :data:`DEFAULT_METRICS` (mrr, recall, ndcg) whose cut-off was asked for.
+
+    Example:
+        >>> report_metrics([1, 5, 20])
+        ['hit@1', 'hit@5', 'hit@20', 'mrr@1', 'recall@5']
+    """
+    cutoffs = sorted({int(k) for k in k_values})
+    others = [m for m in DEFAULT_METRICS if not m.startswith("hit@") and int(m.split("@")[1]) in cutoffs]
+    return [f"hit@{k}" for k in cutoffs] + others
+
+
 def check_k_values(k_values: Sequence[int], option: str = "k_values", report: bool = True) -> list[int]:
     """Validate cut-offs before anything is loaded or encoded; returns them as ints.
 
@@ -623,7 +636,7 @@ def evaluate(
     if out_dir is not None and shard is None:
         from eval.report import write_evaluation_report
 
-        write_evaluation_report(out_dir, results["tasks"], [m for m in DEFAULT_METRICS if _has(results, m)],
+        write_evaluation_report(out_dir, results["tasks"], [m for m in report_metrics(k_values) if _has(results, m)],
                                 extra={"settings": results["settings"], "per_query": results["per_query"]},
                                 title=title)
     return results

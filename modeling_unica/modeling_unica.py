@@ -22,6 +22,7 @@ import inspect
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 
@@ -231,6 +232,8 @@ class UniCAPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["UniCABiCALayer"]
+    # Pooling heads of the towers (built without them) in a checkpoint's weights are skipped, without a report.
+    _keys_to_ignore_on_load_unexpected = [r"(text|vision)_model\.pooler\."]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -772,11 +775,52 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+# A pooling head's weights (BERT's ``pooler.dense``, ViT's ``pooler``): UniCA pools itself, so the head is never built.
+_POOLER_KEY = re.compile(r"(^|\.)pooler\.")
+
+
+def _from_pretrained_without_pooler(model_class, name: str | os.PathLike) -> PreTrainedModel:
+    """``model_class.from_pretrained(name)`` without its pooling head, whose weights the checkpoint may hold.
+
+    transformers warns about those weights with a "LOAD REPORT" table ("pooler.dense.weight | UNEXPECTED"), although
+    the head is left out on purpose. The report is held back and shown only if the load had another problem
+    (missing, unexpected or mismatched weights besides the pooler's), or raised.
+    """
+    report_logger = logging.get_logger("transformers.modeling_utils")
+    held = []
+
+    def hold(record) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    def release() -> None:
+        for record in held:
+            report_logger.handle(record)
+
+    report_logger.addFilter(hold)
+    try:
+        try:
+            model, info = model_class.from_pretrained(name, add_pooling_layer=False, output_loading_info=True)
+        except TypeError:  # an architecture without a pooling head to leave out
+            held.clear()
+            model, info = model_class.from_pretrained(name, output_loading_info=True)
+    except BaseException:
+        report_logger.removeFilter(hold)
+        release()
+        raise
+    report_logger.removeFilter(hold)
+    problems = [key for kind in ("missing_keys", "unexpected_keys", "mismatched_keys") for key in info.get(kind) or ()
+                if not _POOLER_KEY.search(str(key[0] if isinstance(key, tuple) else key))]
+    if problems:
+        release()
+    return model
+
+
 def _load_text_encoder(text: str | os.PathLike) -> PreTrainedModel:
     try:
-        return AutoModel.from_pretrained(text, add_pooling_layer=False)
-    except TypeError:
-        return AutoModel.from_pretrained(text)
+        return _from_pretrained_without_pooler(AutoModel, text)
     except OSError as error:
         raise ValueError(
             f"text={str(text)!r} is neither a local model folder nor a Hub id that could be loaded "
@@ -801,10 +845,7 @@ def _load_vision_tower(vision: str | os.PathLike, overrides: dict | None) -> Pre
     # A full CLIP / SigLIP checkpoint holds a text tower too: take its vision model class only.
     vision_config = getattr(config, "vision_config", config)
     model_class = AutoModel._model_mapping[type(vision_config)]
-    try:
-        return model_class.from_pretrained(vision, add_pooling_layer=False)
-    except TypeError:
-        return model_class.from_pretrained(vision)
+    return _from_pretrained_without_pooler(model_class, vision)
 
 
 def _empty_text_ids(text: str | os.PathLike) -> list[int]:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import torch
+import yaml
 from PIL import Image
 
 from configuration_unica import EvaClipVisionConfig, UniCAConfig

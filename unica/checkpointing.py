@@ -165,7 +165,8 @@ def write_checkpoint_folder(
             shutil.rmtree(entry, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target))
     try:
-        complete = save_checkpoint(export, processor, staging / "checkpoint", prompts=prompts, extra_writers=writers)
+        complete = save_checkpoint(export, processor, staging / "checkpoint", prompts=prompts, extra_writers=writers,
+                                   quiet=True)  # a temporary folder: the line below names the final one
         (target / "config.json").unlink(missing_ok=True)
         names = sorted(os.listdir(complete), key=lambda name: name == "config.json")
         for name in names:

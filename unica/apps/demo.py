@@ -45,7 +45,7 @@ PSL_WEIGHT = 0.1
 # shapes and places (task 0 and 3) and the hybrid documents (task 2).
 TASK_PROBABILITY = {0: 0.5, 2: 0.5, 3: 0.3, 7: 1.0}
 FULL = {"num_scenes": 800, "max_steps": 150, "batch_size": 16}
-QUICK = {"num_scenes": 160, "max_steps": 6, "batch_size": 8}
+QUICK = {"num_scenes": 120, "max_steps": 4, "batch_size": 8}
 
 
 def demo_config(out: Path, quick: bool = False, seeds: Sequence[int] = (0,), max_steps: int | None = None,
@@ -77,7 +77,11 @@ def prepare_data(config: Mapping[str, Any], out: Path) -> Path:
     from dataset_builders.evaluation import build_evaluation_sets
     from unica.apps.train_cli import scenes_root
 
-    root = scenes_root(config["train"]["data"], str(out))
+    try:
+        root = scenes_root(config["train"]["data"], str(out))
+    except ValueError as error:  # the data of a demo run with other settings (an older version, or --quick)
+        raise ValueError(f"--out {str(out)!r} holds the data of a demo run with other settings ({error}); pass "
+                         "another --out or delete that folder") from None
     eval_dir = Path(config["evaluation"]["dataset"])
     if not (eval_dir / "README.md").is_file():
         build_evaluation_sets(root, eval_dir, dataset="scenes", tasks=(2, 7), overwrite=True)
@@ -334,11 +338,11 @@ def examples_text(examples: Sequence[Mapping[str, Any]]) -> str:
 
 def run(out: Path, quick: bool = False, seeds: Sequence[int] = (0,), max_steps: int | None = None,
         psl_ablation: bool = False) -> int:
+    from eval.cache import fingerprint_model_dir
     from eval.report import write_results_json
     from unica.apps.ablation import cell_name, cell_run_dir, run_ablation
     from unica.apps.evaluate import evaluate_checkpoint
     from unica.card import write_model_card
-    from eval.cache import fingerprint_model_dir
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ init:                    # build a model from components (or `model: path/to/che
 #   bica_layers: 1
 data:
   builder: scenes        # a builder (synthetic scenes, generated into output_dir/scenes-data if needed),
+  # builder: mbeir       # or an M-BEIR-format root read as it is (every query of the split; optional
+  # root: ./M-BEIR       #   query_files / pool_files relative to it, skip_missing), no UMR-S10 export needed,
   # path: rows/          # or a `save_to_disk` folder, an exported Parquet folder, or a JSONL of records
   split: train
   eval_split: test       # optional evaluation rows (eval_path: another folder / JSONL)
@@ -58,11 +60,15 @@ __all__ = ["BUILDERS", "build_trainer", "find_last_checkpoint", "load_config", "
 SECTIONS = ("init", "model", "data", "training")
 INIT_EXTRA_KEYS = ("text", "vision", "seed", "vision_config_overrides", "max_text_length")
 MODEL_KEYS = ("path", "fusion", "bica_layers")  # the mapping form of `model:`
-DATA_KEYS = (
-    "builder", "path", "config", "split", "eval_split", "eval_path", "max_rows", "max_eval_rows", "image_root",
-    "root", "num_scenes", "image_size", "seed",
-)
-BUILDERS = ("scenes",)
+# `data:` keys: those every form takes, then those of each form (a builder, or `path`).
+DATA_COMMON_KEYS = ("split", "eval_split", "eval_path", "config", "max_rows", "max_eval_rows", "image_root")
+DATA_FORM_KEYS = {
+    "scenes": ("builder", "root", "num_scenes", "image_size", "seed", "task_probability"),
+    "mbeir": ("builder", "root", "query_files", "pool_files", "skip_missing"),
+    "path": ("path",),
+}
+DATA_KEYS = tuple(dict.fromkeys(DATA_COMMON_KEYS + sum(DATA_FORM_KEYS.values(), ())))
+BUILDERS = ("scenes", "mbeir")
 # Files a checkpoint-N folder holds once the Trainer has finished writing it (trainer_state.json is last).
 COMPLETE_CHECKPOINT_FILES = ("config.json", "model.safetensors", "trainer_state.json")
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -229,7 +235,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"config {str(file)!r} needs exactly one of 'init' (components) or 'model' (a checkpoint folder)")
     if "data" not in config:
         raise ValueError(f"config {str(file)!r} has no 'data' section (builder: scenes, or path: a dataset folder / JSONL)")
-    for name, valid in (("init", init_keys()), ("data", list(DATA_KEYS)), ("training", training_argument_names())):
+    for name, valid in (("init", init_keys()), ("training", training_argument_names())):
         section = config.get(name)
         if section is None:
             continue
@@ -243,10 +249,30 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     training = config.get("training") or {}
     if "output_dir" not in training:
         raise ValueError(f"section 'training' of {str(file)!r} needs output_dir (where checkpoints go)")
-    data = config["data"]
-    if ("builder" in data) == ("path" in data):
-        raise ValueError(f"section 'data' of {str(file)!r} needs exactly one of 'builder' ({', '.join(BUILDERS)}) or 'path'")
+    check_data_section(config["data"], f"section 'data' of {str(file)!r}")
     return config
+
+
+def check_data_section(data: Mapping[str, Any], where: str) -> None:
+    """``data:`` has exactly one of ``builder`` or ``path``, and only the keys of that form (``ValueError``)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
+    if ("builder" in data) == ("path" in data):
+        raise ValueError(f"{where} needs exactly one of 'builder' ({', '.join(BUILDERS)}) or 'path'")
+    form = data.get("builder", "path")
+    if form not in BUILDERS and form != "path":
+        raise ValueError(f"unknown data builder {form!r} in {where}; available: {', '.join(BUILDERS)}")
+    label = f"builder: {form}" if "builder" in data else "path"
+    _check_keys(data, DATA_COMMON_KEYS + DATA_FORM_KEYS[form], f"{where} ({label})")
+    if form == "mbeir" and not isinstance(data.get("root"), str):
+        raise ValueError(
+            f"{where} (builder: mbeir) needs root: the folder of M-BEIR-format data (query/, cand_pool/, "
+            f"mbeir_images/), got {data.get('root')!r}"
+        )
+    for key in ("query_files", "pool_files"):
+        value = data.get(key)
+        if value is not None and not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+            raise ValueError(f"{key} in {where} must be a list of file paths (relative to root), got {value!r}")
 
 
 # ---------------------------------------------------------------------- data
@@ -284,13 +310,19 @@ def _load_path(path: str, split: str, config_name: str | None) -> Any:
 
 def scenes_root(data: Mapping[str, Any], output_dir: str) -> Path:
     from dataset_builders import generate_scenes
+    from dataset_builders.scenes import check_task_probability
 
     root = Path(data.get("root") or Path(output_dir) / "scenes-data")
     wanted = {"num_scenes": int(data.get("num_scenes", 200)), "seed": int(data.get("seed", 0)),
               "image_size": int(data.get("image_size", 32))}
+    probability = check_task_probability(data.get("task_probability"))
     metadata = root / "metadata.json"
     if metadata.is_file():
         found = json.loads(metadata.read_text(encoding="utf-8"))
+        # Roots generated before task_probability was recorded used the default probabilities.
+        recorded = check_task_probability(found.get("task_probability"))
+        if recorded != probability:
+            found["task_probability"], wanted["task_probability"] = recorded, probability
         different = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
         if different:
             raise ValueError(
@@ -299,8 +331,23 @@ def scenes_root(data: Mapping[str, Any], output_dir: str) -> Path:
             )
         return root
     logger.info("generating %d synthetic scenes into %s", wanted["num_scenes"], root)
-    generate_scenes(root, progress=False, **wanted)
+    generate_scenes(root, progress=False, task_probability=probability, **wanted)
     return root
+
+
+def mbeir_rows(data: Mapping[str, Any], split: str, train: bool = True) -> Any:
+    """Training rows of every query of ``split`` in the M-BEIR root ``data['root']``
+    (:func:`dataset_builders.umr.load_training_rows`, the reader ``unica build-dataset umr-s10`` uses).
+
+    ``query_files`` / ``pool_files`` (paths relative to the root) apply to the training split; the
+    evaluation split reads ``query/<split>/*.jsonl`` and that split's pool.
+    """
+    from dataset_builders import load_training_rows
+
+    root = Path(data["root"])
+    files = {key: [root / name for name in data[key]] if train and data.get(key) else None
+             for key in ("query_files", "pool_files")}
+    return load_training_rows(root, split=split, skip_missing=bool(data.get("skip_missing", False)), **files)
 
 
 def load_data(data: Mapping[str, Any], output_dir: str) -> tuple[Any, Any, Path | None]:
@@ -308,13 +355,16 @@ def load_data(data: Mapping[str, Any], output_dir: str) -> tuple[Any, Any, Path 
     split = data.get("split", "train")
     image_root = Path(data["image_root"]) if data.get("image_root") else None
     if "builder" in data:
-        if data["builder"] not in BUILDERS:
-            raise ValueError(f"unknown data builder {data['builder']!r}; available: {', '.join(BUILDERS)}")
-        from dataset_builders import load_scenes
+        check_data_section(data, "section 'data'")
+        if data["builder"] == "mbeir":
+            train = mbeir_rows(data, split)
+            evaluation = mbeir_rows(data, data["eval_split"], train=False) if data.get("eval_split") else None
+        else:
+            from dataset_builders import load_scenes
 
-        root = scenes_root(data, output_dir)
-        train = load_scenes(root, split=split)
-        evaluation = load_scenes(root, split=data["eval_split"]) if data.get("eval_split") else None
+            root = scenes_root(data, output_dir)
+            train = load_scenes(root, split=split)
+            evaluation = load_scenes(root, split=data["eval_split"]) if data.get("eval_split") else None
         if data.get("eval_path"):
             evaluation = _load_path(data["eval_path"], data.get("eval_split", "test"), data.get("config"))
     else:
@@ -476,9 +526,11 @@ def describe_data(data: Mapping[str, Any]) -> str:
         'my-org/UMR-S10 (split train)'
     """
     split = data.get("split", "train")
+    limit = f", first {data['max_rows']} rows" if data.get("max_rows") is not None else ""
+    if data.get("builder") == "mbeir":
+        return f"the M-BEIR-format data in {data['root']} (split {split}{limit})"
     if "builder" in data:
         return f"synthetic {data['builder']} generated by `unica train` (split {split})"
-    limit = f", first {data['max_rows']} rows" if data.get("max_rows") is not None else ""
     return f"{data['path']} (split {split}{limit})"
 
 

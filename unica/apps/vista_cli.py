@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from configuration_unica import FUSIONS
+from unica.apps.options import FUSIONS, check_file, check_new_output, positive_int
 
 logger = logging.getLogger("unica")
 
@@ -22,14 +22,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "or a local folder with its config.json and tokenizer (its weights are not read)")
     convert.add_argument("--out", required=True, help="checkpoint folder to write")
     convert.add_argument("--fusion", choices=FUSIONS, default="concat",
-                         help="concat: VISTA itself (default); bica: zero-gated Bi-CA layers on top, equal to VISTA "
+                         help="concat: VISTA itself; bica: zero-gated Bi-CA layers on top, equal to VISTA "
                               "until trained")
-    convert.add_argument("--bica-layers", type=int, default=1, help="Bi-CA layers with --fusion bica")
+    convert.add_argument("--bica-layers", type=positive_int, default=1, help="Bi-CA layers with --fusion bica")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     convert.set_defaults(func=run_convert_vista)
 
 
 def run_convert_vista(args: argparse.Namespace) -> int:
+    check_new_output(args.out, args.overwrite, what="checkpoint folder (--out)")
+    check_file(args.weights, "VISTA weights file")
     from unica.vista import convert_vista
 
     path = convert_vista(args.weights, args.text, args.out, fusion=args.fusion, bica_layers=args.bica_layers,
