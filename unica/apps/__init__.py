@@ -4,9 +4,9 @@
 ``train_cli`` (``unica train``: YAML configs, data loading, resume), ``dataset_cli`` (``build-dataset``,
 ``push-dataset``), ``eval_cli`` (``evaluate``, ``ablate``), ``evaluate`` (a checkpoint folder through the model-agnostic
 harness), ``ablation`` (trains and evaluates a grid),
-``demo`` and ``hub`` (uploads), ``options`` (what the parsers need, importing nothing heavy) and ``logs`` (what
+``demo``, ``app`` (``unica app``: search in the browser) and ``hub`` (uploads), ``options`` (what the parsers need, importing nothing heavy) and ``logs`` (what
 a run prints). Library code never imports this package.
 """
 
-__all__ = ["ablation", "cli", "commands", "dataset_cli", "demo", "eval_cli", "evaluate", "hub", "logs", "options",
+__all__ = ["ablation", "app", "cli", "commands", "dataset_cli", "demo", "eval_cli", "evaluate", "hub", "logs", "options",
            "train_cli"]

@@ -80,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--quick", action="store_true", help="tiny settings, under a minute: checks the whole path, "
                       "its numbers mean nothing")
     demo.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2 (mean ± std over seeds)")
-    demo.add_argument("--max-steps", type=positive_int, help="fine-tuning steps per model (default: 150, 4 with "
+    demo.add_argument("--max-steps", type=positive_int, help="fine-tuning steps per model (default: 120, 4 with "
                       "--quick)")
     demo.add_argument("--psl-ablation", action="store_true", help="also train both fusions without PSL (twice the "
                       "time)")

@@ -44,7 +44,7 @@ PSL_WEIGHT = 0.1
 # Task 7 is the task where fusion matters: every scene gets one; the other tasks teach the words for colours,
 # shapes and places (task 0 and 3) and the hybrid documents (task 2).
 TASK_PROBABILITY = {0: 0.5, 2: 0.5, 3: 0.3, 7: 1.0}
-FULL = {"num_scenes": 800, "max_steps": 150, "batch_size": 16}
+FULL = {"num_scenes": 800, "max_steps": 120, "batch_size": 16}
 QUICK = {"num_scenes": 120, "max_steps": 4, "batch_size": 8}
 
 
@@ -90,6 +90,7 @@ def prepare_data(config: Mapping[str, Any], out: Path) -> Path:
 
 def evaluate_floor(config: Mapping[str, Any], out: Path) -> dict[int, dict[str, Any]]:
     """Per seed: the metrics of the untrained initial model (the same weights every cell starts from)."""
+    from eval.report import write_results_json
     from unica.apps.evaluate import evaluate_checkpoint
     from unica.apps.train_cli import load_model
     from unica.checkpoint import save_checkpoint
@@ -103,12 +104,10 @@ def evaluate_floor(config: Mapping[str, Any], out: Path) -> dict[int, dict[str, 
         train = {**config["train"], "init": {**config["train"]["init"], "seed": seed}}
         model, processor = load_model(train)
         folder = out / "floor" / f"seed{seed}-model"
-        save_checkpoint(model, processor, folder, overwrite=True)
+        save_checkpoint(model, processor, folder, overwrite=True, quiet=True)  # evaluated, then removed
         results = evaluate_checkpoint(folder, config["evaluation"]["dataset"], tasks=list(TASKS),
                                       show_progress=False)
         floors[seed] = {"tasks": results["tasks"], "per_query": results["per_query"]}
-        from eval.report import write_results_json
-
         write_results_json(floors[seed], record)
         shutil.rmtree(folder)
     return floors
