@@ -142,7 +142,7 @@ def test_a_trained_folder_is_publishable_as_it_stands(tiny_text_path, tmp_path) 
     assert record["steps"] == 2 and record["psl_weight"] == 0.3 and record["temperature"] == pytest.approx(0.05)
     assert record["objective"] == "InfoNCE + 0.3 * PSL (cosine)" and record["data"] == "my-org/UMR-S10 (split train)"
     card = (out / "README.md").read_text()
-    assert "PSL weight 0.3" in card and "my-org/UMR-S10 (split train)" in card
+    assert "- Objective: InfoNCE + 0.3 * PSL (cosine), temperature 0.05" in card and "my-org/UMR-S10 (split train)" in card
     assert f'from_pretrained("{out}"' in card and ".unica-save-" not in card  # the final path, not a staging one
 
     files = validate_checkpoint(out)  # a publishable folder: the checkpoint-N resume states are not its files
