@@ -20,7 +20,10 @@ here and nowhere else (which is why it runs in its own process):
   here there is no file yet (``load_model`` is skipped; the random weights are saved instead) and ``visual_proj``
   is sized for the reduced tower;
 * VISTA passes BERT a float16 additive mask, which transformers 5's SDPA attention refuses: the reference BERT runs
-  with eager attention (what transformers ran when VISTA was written).
+  with eager attention (what transformers ran when VISTA was written);
+* VISTA calls ``BertEmbeddings`` with ``past_key_values_length=0`` and ``BertEncoder`` with ``past_key_values=None``,
+  which transformers 5.24 renamed ``cache_length`` / ``cache``: where the installed version lacks the old names,
+  they are passed under the new ones (their values change nothing: no cache, positions from 0).
 """
 
 from __future__ import annotations
@@ -53,6 +56,28 @@ def import_reference(site: str):
     return modeling, eva_clip
 
 
+RENAMED_ARGUMENTS = {"past_key_values_length": "cache_length", "past_key_values": "cache"}
+
+
+def accept_old_argument_names(module) -> None:
+    """Let ``module.forward`` take the argument names VISTA passes where the installed transformers renamed them."""
+    import inspect
+
+    forward = module.forward
+    accepted = inspect.signature(forward).parameters
+    renames = {old: new for old, new in RENAMED_ARGUMENTS.items() if old not in accepted and new in accepted}
+    if not renames:
+        return
+
+    def renamed(*args, **kwargs):
+        for old, new in renames.items():
+            if old in kwargs:
+                kwargs[new] = kwargs.pop(old)
+        return forward(*args, **kwargs)
+
+    module.forward = renamed
+
+
 def run_case(modeling, case: dict, spec: dict) -> None:
     import torch
     from PIL import Image
@@ -70,6 +95,8 @@ def run_case(modeling, case: dict, spec: dict) -> None:
             parameter.add_(torch.randn_like(parameter) * 0.05)
     reference.eval()
     reference.bge_encoder.config._attn_implementation = "eager"
+    accept_old_argument_names(reference.bge_embeddings)
+    accept_old_argument_names(reference.bge_encoder)
     folder = os.path.join(spec["work"], case["name"])
     os.makedirs(folder, exist_ok=True)
     torch.save(reference.state_dict(), os.path.join(folder, "Visualized.pth"))
