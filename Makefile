@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: venv demo test lint clean vista-reference
+.PHONY: venv demo test lint clean vista-reference bench
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ lint: venv
 vista-reference: venv
 	$(PY) -m pip install -q --no-deps --target .vista-reference "FlagEmbedding==1.2.11" "timm==1.0.31" \
 		"einops==0.8.2" "ftfy==6.3.1" "wcwidth==0.9.4" "torchvision==0.28.0"
+
+# Every benchmark (benchmarks/run_all.py): JSONs in benchmarks/results/, one summary table (under 20 minutes on 2
+# cores). benchmarks/encode.py compares with the reference VISTA code: installed first where it is missing.
+bench: venv
+	test -f .vista-reference/FlagEmbedding/visual/modeling.py || $(MAKE) vista-reference
+	$(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf demo-output .pytest_cache build *.egg-info

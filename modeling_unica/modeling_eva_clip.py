@@ -104,15 +104,18 @@ class EvaClipAttention(nn.Module):
         batch, length, _ = states.shape
         return states.view(batch, length, self.num_heads, -1).transpose(1, 2)
 
-    def forward(self, states: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        query = self._heads(F.linear(states, self.q_proj.weight, self.q_bias))
-        key = self._heads(F.linear(states, self.k_proj.weight))
-        value = self._heads(F.linear(states, self.v_proj.weight, self.v_bias))
-        cos, sin = rope
+    def _project(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The query, key and value projections (one method, which an inference fast path may replace)."""
+        return (F.linear(states, self.q_proj.weight, self.q_bias), F.linear(states, self.k_proj.weight),
+                F.linear(states, self.v_proj.weight, self.v_bias))
 
-        def rotate(tensor: torch.Tensor) -> torch.Tensor:  # the CLS token (position 0) is not rotated
-            patches = tensor[:, :, 1:]
-            return torch.cat([tensor[:, :, :1], patches * cos + rotate_pairs(patches) * sin], dim=2).type_as(value)
+    def forward(self, states: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        query, key, value = (self._heads(projected) for projected in self._project(states))
+        cos, sin = rope  # one row per token (the CLS token's: cos 1, sin 0), sin signed per pair (-s, s): see _rope
+
+        def rotate(tensor: torch.Tensor) -> torch.Tensor:  # x cos + rotate_pairs(x) sin, with no copy of x's halves
+            swapped = tensor.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+            return torch.addcmul(tensor * cos, swapped, sin).type_as(value)
 
         attended = F.scaled_dot_product_attention(rotate(query), rotate(key), value)
         batch, _, length, _ = attended.shape
@@ -212,13 +215,20 @@ class EvaClipVisionModel(EvaClipVisionPreTrainedModel):
 
     def _rope(self, grid: int, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The rotary tables for a ``grid`` x ``grid`` image, cached per grid, device and dtype (not weights: not
-        saved, and recomputed on the CPU exactly as EVA-CLIP computes its buffers)."""
+        saved, and recomputed on the CPU exactly as EVA-CLIP computes its buffers).
+
+        Laid out for the whole sequence, so that rotating needs no split: a first row for the CLS token, which is
+        not rotated (cos 1, sin 0), and the sines signed per channel pair, ``(-s, s)``, so that
+        ``rotate_pairs(x) * sin == swap_pairs(x) * signed_sin``."""
         key = (grid, reference.device, reference.dtype)
         if key not in self._rope_cache:
             config = self.config
-            tables = rotary_tables(grid, config.hidden_size // config.num_attention_heads,
-                                   config.rope_reference_grid, config.rope_theta)
-            self._rope_cache[key] = tuple(t.to(device=reference.device, dtype=reference.dtype) for t in tables)
+            cos, sin = rotary_tables(grid, config.hidden_size // config.num_attention_heads,
+                                     config.rope_reference_grid, config.rope_theta)
+            sign = torch.tensor([-1.0, 1.0]).repeat(sin.shape[1] // 2)
+            cos = torch.cat([torch.ones(1, cos.shape[1]), cos])
+            sin = torch.cat([torch.zeros(1, sin.shape[1]), sin * sign])
+            self._rope_cache[key] = tuple(t.to(device=reference.device, dtype=reference.dtype) for t in (cos, sin))
         return self._rope_cache[key]
 
     def _position_embeddings(self, grid: int, interpolate: bool) -> torch.Tensor:

@@ -133,7 +133,7 @@ class UniCACrossAttention(nn.Module):
         key = self._split_heads(self.k_proj(keys))
         value = self._split_heads(self.v_proj(keys))
         mask = None
-        if key_mask is not None:
+        if key_mask is not None and not bool(key_mask.all()):  # no mask when every key is real: SDPA's fast path
             mask = key_mask[:, None, None, :].to(torch.bool)
         attended = F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
@@ -465,11 +465,12 @@ class UniCAModel(UniCAPreTrainedModel):
         return last, recorder.states
 
     def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # Pooling and the L2 norm run in float32 whatever the weights' dtype (bf16): embeddings are float32.
         if self.config.pooling == "cls":
-            pooled = states[:, 0]
+            pooled = states[:, 0].float()
         else:
-            weights = mask.to(states.dtype).unsqueeze(-1)
-            pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            weights = mask.to(torch.float32).unsqueeze(-1)
+            pooled = (states.float() * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         if self.config.normalize:
             pooled = F.normalize(pooled, p=2, dim=-1)
         return pooled

@@ -95,7 +95,8 @@ def test_shards_merge_to_the_same_results_and_global_pool(checkpoint, eval_set, 
     shard_dir = tmp_path / "shards"
     for index in range(2):
         assert cli(["evaluate", str(checkpoint), "--dataset", str(eval_set), "--tasks", "task2", "--out",
-                    str(tmp_path / "o"), "--shard", f"{index}/2", "--shard-dir", str(shard_dir)]) == 0
+                    str(tmp_path / "o"), "--shard", f"{index}/2", "--shard-dir", str(shard_dir),
+                    "--dtype", "fp32"]) == 0  # evaluate_checkpoint's default (the CLI's is auto)
     merged = evaluate_checkpoint(checkpoint, eval_set, tasks=["task2"], shard_dir=shard_dir, show_progress=False)
     for metric in ("hit@1", "hit@5", "mrr@10"):
         assert merged["tasks"]["task2"][metric] == pytest.approx(whole["tasks"]["task2"][metric], abs=1e-6)

@@ -1,5 +1,5 @@
 """Training checkpoints of :class:`unica.trainer.UniCATrainer` (and, through :func:`write_checkpoint_folder` and
-:func:`load_training_checkpoint`, of :class:`unica.cocoa.ReconstructionTrainer`): save, resume and best-model loading.
+:func:`load_training_checkpoint`, of :class:`unica.cocoa.CoCoATrainer`): save, resume and best-model loading.
 
 The one place that knows how a training model's weights map onto a checkpoint folder:
 

@@ -24,6 +24,7 @@ from unica.apps.options import Parser
 _REGISTRARS = [
     ("unica.apps.commands", "register"),
     ("unica.apps.train_cli", "register"),
+    ("unica.apps.pretrain_cli", "register"),
     ("unica.apps.dataset_cli", "register"),
     ("unica.apps.eval_cli", "register"),
     ("unica.apps.vista_cli", "register"),

@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     encode.add_argument("--jsonl", help='file of {"text": ..., "image": path} records, one per line')
     encode.add_argument("--out", required=True, help="where to write the (n, hidden) float32 .npy array")
     encode.add_argument("--batch-size", type=positive_int, default=32, help="items per forward pass")
-    encode.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="compute dtype")
+    encode.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="compute dtype; auto: bf16 on a CPU with native bf16 (AVX-512 BF16 / AMX), fp32 elsewhere")
     encode.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     encode.set_defaults(func=run_encode)
 
@@ -172,12 +173,14 @@ def run_encode(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from unica.checkpoint import load_checkpoint
+    from unica.encoding import dtype_reason, load_for_inference, resolve_dtype
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, processor = load_checkpoint(args.checkpoint)
-    embeddings = encode_items(model, processor, items, batch_size=args.batch_size, dtype=args.dtype)
+    dtype = resolve_dtype(args.dtype)
+    model, processor = load_for_inference(args.checkpoint, dtype)
+    logger.info("encoding %d items in %s", len(items), dtype_reason(args.dtype))
+    embeddings = encode_items(model, processor, items, batch_size=args.batch_size, dtype=dtype)
     out = Path(args.out)
     with atomic_path(out) as temporary, open(temporary, "wb") as handle:
         np.save(handle, embeddings)  # a handle, so numpy appends no ".npy" to the name

@@ -40,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--overwrite", action="store_true",
                           help="replace the results in an existing --out folder (its embedding cache is reused)")
     evaluate.add_argument("--batch-size", type=positive_int, default=32, help="items per forward pass")
-    evaluate.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="compute dtype")
+    evaluate.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
+                          help="compute dtype; auto: bf16 on a CPU with native bf16 (AVX-512 BF16 / AMX), fp32 "
+                               "elsewhere (the embedding cache keeps each dtype apart)")
     evaluate.add_argument("--index", default="flat",
                           help="flat (exact) | ivf | hnsw | ivfpq, with parameters: 'ivf,nlist=1024,nprobe=32'")
     evaluate.add_argument("--pool", choices=["local", "global"], default="local",
@@ -95,6 +97,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     check_k_values(args.k, option="--k", report=shard is None)
     index_spec = IndexSpec.parse(args.index)
     cache_dir = None if args.no_cache else (args.cache_dir or os.path.join(args.out, "embedding-cache"))
+    from unica.encoding import dtype_reason
+
+    logger.info("encoding in %s", dtype_reason(args.dtype))
     results = evaluate_checkpoint(
         args.checkpoint, args.dataset, out_dir=args.out,
         tasks=[f"task{task}" for task in args.tasks] if args.tasks else None, batch_size=args.batch_size,

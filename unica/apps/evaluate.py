@@ -23,8 +23,7 @@ from typing import Any
 from eval.cache import fingerprint_model_dir
 from eval.harness import DEFAULT_K_VALUES, check_k_values, evaluate
 from eval.index import IndexSpec
-from unica.checkpoint import load_checkpoint
-from unica.encoding import UniCAEncoder
+from unica.encoding import UniCAEncoder, load_for_inference, resolve_dtype
 from unica.st import read_prompts
 
 __all__ = ["evaluate_checkpoint"]
@@ -50,10 +49,13 @@ def evaluate_checkpoint(
 
     ``results["tasks"][task]`` holds the mean metrics; ``results["per_query"]`` the per-query values
     (for paired bootstrap); the written ``results.json`` also records the model fingerprint and settings.
-    ``k_values`` are checked before anything is loaded (``eval.harness.check_k_values``).
+    ``k_values`` are checked before anything is loaded (``eval.harness.check_k_values``). ``dtype``: ``"fp32"``,
+    ``"bf16"`` or ``"auto"`` (bf16 on a CPU with native bf16, fp32 elsewhere: ``unica.encoding.resolve_dtype``;
+    ``unica evaluate``'s default); the settings record the dtype used.
     """
     k_values = check_k_values(k_values, report=out_dir is not None and shard is None)
-    model, processor = load_checkpoint(checkpoint)
+    dtype = resolve_dtype(dtype)  # "auto": bf16 where the CPU computes it natively (unica.encoding.resolve_dtype)
+    model, processor = load_for_inference(checkpoint, dtype)
     fingerprint = fingerprint_model_dir(checkpoint)
     encoder = UniCAEncoder(model, processor, fingerprint, dtype=dtype, batch_size=batch_size,
                            prompts=read_prompts(checkpoint))  # the query / document prompts, as ST applies them

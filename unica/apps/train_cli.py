@@ -480,6 +480,11 @@ def _resolve_resume(value: str | None, output_dir: str) -> str | None:
     return value
 
 
+# Public names for the other config-driven command (`unica pretrain`), which checks and resumes the same way.
+check_keys = _check_keys
+resolve_resume = _resolve_resume
+
+
 # ---------------------------------------------------------------------- command
 def build_trainer(config: Mapping[str, Any], callbacks: list | None = None) -> Any:
     """A ready :class:`UniCATrainer` from a checked config (see :func:`load_config`).
@@ -535,8 +540,6 @@ def describe_data(data: Mapping[str, Any]) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
-
     config = load_config(args.config)
     finished = False
     trainer = None
@@ -560,15 +563,25 @@ def run_train(args: argparse.Namespace) -> int:
             trainer.evaluate()
         finished = True
     finally:
-        # gloo aborts at interpreter exit if a process group is still alive. After an error another
-        # process may never reach a barrier, so only a finished run waits for the others.
-        if dist.is_available() and dist.is_initialized():
-            if finished:
-                dist.barrier()
-            if trainer is not None:  # DDP's reducer holds the process group: free it first
-                trainer.accelerator.free_memory()
-                trainer.model_wrapped = trainer.model
-            del trainer
-            gc.collect()
-            dist.destroy_process_group()
+        close_process_group(trainer, finished)
     return 0
+
+
+def close_process_group(trainer: Any, finished: bool) -> None:
+    """End a data-parallel run's process group, if there is one (``unica train`` and ``unica pretrain``).
+
+    gloo aborts at interpreter exit if a process group is still alive. After an error another process may never
+    reach a barrier, so only a ``finished`` run waits for the others. DDP's reducer holds the process group: the
+    trainer's references to the wrapped model are dropped and collected first.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    if trainer is not None:
+        trainer.accelerator.free_memory()
+        trainer.model_wrapped = trainer.model
+    gc.collect()
+    dist.destroy_process_group()
