@@ -24,9 +24,9 @@ Method (robust to a machine shared with other work):
   to stderr).
 * The driver times *groups* of cases in rounds: one round runs each case of a group once (``iters`` forward
   passes, sized from the warm-up to about ``--round-seconds``), one after the other, in an order rotated every
-  round; a case's time in a round is its mean seconds per forward. Every ratio is taken per round, between cases
-  timed back to back, and the figure is the median over ``--rounds`` rounds (the image-only and text-only groups:
-  2 fewer, at least 3; the JSON keeps every round).
+  round, after one settling round that is recorded but not counted; a case's time in a round is its mean seconds
+  per forward. Every ratio is taken per round, between cases timed back to back, and the figure is the median over
+  ``--rounds`` rounds (the image-only and text-only groups: 2 fewer, at least 3; the JSON keeps every round).
 * Our side runs under ``torch.inference_mode()``; the reference under ``torch.no_grad()`` (its README's usage).
   bf16: our weights cast to bf16 once (``unica.encoding.cast_for_inference``: LayerNorm statistics and pooling
   stay in float32) vs the reference under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
@@ -566,6 +566,11 @@ def run_group(workers: dict, cases: list[tuple[str, str]], rounds: int, round_se
         iters[(worker, case)] = max(1, round(round_seconds / max(min(warm), 1e-4)))
     times = {f"{worker}/{case}": [] for worker, case in cases}
     loads = times.setdefault("load_average_1_min", [])
+    # One settling round first, kept in the JSON but not in the figures: the first pass over a group's cases runs
+    # slower and unevenly (the allocator growing its pools after the warm-up of the others).
+    settling = times.setdefault("settling_round", {})
+    for worker, case in cases:
+        settling[f"{worker}/{case}"] = workers[worker].ask(op="time", case=case, iters=iters[(worker, case)])["seconds"]
     for index in range(rounds):
         loads.append(round(os.getloadavg()[0], 2))
         shift = index % len(cases)
@@ -573,7 +578,7 @@ def run_group(workers: dict, cases: list[tuple[str, str]], rounds: int, round_se
             seconds = workers[worker].ask(op="time", case=case, iters=iters[(worker, case)])["seconds"]
             times[f"{worker}/{case}"].append(seconds)
         log(f"  round {index + 1}/{rounds} (load {loads[-1]}): "
-            + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items() if k != "load_average_1_min"))
+            + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items() if k not in ("load_average_1_min", "settling_round")))
     for worker, case in cases:
         workers[worker].ask(op="drop", case=case)
     return times
@@ -671,7 +676,7 @@ def measure(args, work: Path, log) -> dict:
             counted = workers["ours"].ask(op="flops", case=case)["flops"]
             flops[case], flops[f"attention of {case}"] = counted["total"], counted["attention"]
         log(f"FLOPs per batch: {flops}")
-        times, loads = {}, {}
+        times, loads, settling = {}, {}, {}
         groups = {
             "hybrid": [("ours", "hybrid:concat:fp32"), ("reference", "hybrid:fp32"), ("ours", "hybrid:bica:fp32"),
                        ("ours", "hybrid:concat:bf16"), ("reference", "hybrid:bf16")]
@@ -687,6 +692,7 @@ def measure(args, work: Path, log) -> dict:
             log(f"timing group {name}: {len(cases)} cases x {rounds} rounds")
             group = run_group(workers, cases, rounds, args.round_seconds, log)
             loads[name] = group.pop("load_average_1_min")
+            settling[name] = group.pop("settling_round")
             times.update(group)
         log("profiling one hybrid batch of each (torch.profiler)")
         profiles = {f"{worker}/{case}": workers[worker].ask(op="profile", case=case)["profile"]
@@ -702,6 +708,7 @@ def measure(args, work: Path, log) -> dict:
             worker.close()
     result = report(args, times, flops, same, cosine, info, profiles, attention)
     result["load_average_1_min_per_round"] = loads  # other work on the machine: the ratios vary with it
+    result["settling_round_seconds_per_batch"] = settling  # run before the timed rounds, not in the figures
     return result
 
 

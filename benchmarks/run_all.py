@@ -30,8 +30,7 @@ RESULTS = REPO / "benchmarks" / "results"
 
 # name -> (command after the interpreter, timeout seconds, what was reduced and why; None: the full run)
 BENCHMARKS: dict[str, tuple[list[str], int, str | None]] = {
-    "encode": (["-m", "benchmarks.encode", "--rounds", "4", "--out", "{out}"], 1200,
-               "4 rounds of the hybrid group (default 5)"),
+    "encode": (["-m", "benchmarks.encode", "--out", "{out}"], 1200, None),
     "encode_harness": (["-m", "benchmarks.encode", "--part", "harness", "--out", "{out}"], 600, None),
     "st_encode": (["benchmarks/st_encode.py", "--out", "{out}"], 300, None),
     "app_latency": (["benchmarks/app_latency.py", "--out", "{out}"], 400, None),

@@ -389,3 +389,19 @@ def test_a_oneDNN_op_that_computes_something_else_is_not_used(monkeypatch):
             assert _classes(model) == classes  # nothing swapped
         finally:
             encoding.fast_kernels_pay.cache_clear()
+
+
+def test_cli_evaluate_num_workers_gives_the_same_results(tiny_checkpoint, tmp_path, capsys):
+    from dataset_builders.evaluation import build_evaluation_sets
+    from unica.apps.evaluate import evaluate_checkpoint
+
+    eval_set = tmp_path / "eval"
+    build_evaluation_sets(Path(__file__).parent / "fixtures" / "scenes", eval_set, dataset="scenes", tasks=(2,))
+    assert cli(["evaluate", str(tiny_checkpoint), "--dataset", str(eval_set), "--out", str(tmp_path / "o"),
+                "--dtype", "fp32", "--num-workers", "2", "--batch-size", "4", "--no-cache"]) == 0
+    written = json.loads((tmp_path / "o" / "results.json").read_text())
+    direct = evaluate_checkpoint(tiny_checkpoint, eval_set, batch_size=4, show_progress=False)
+    assert written["tasks"] == direct["tasks"] and written["tasks"]["task2"]["hit@1"] > 0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "c", "--dataset", "d", "--out", "o", "--num-workers", "-1"])
+    assert "--num-workers: expected an integer >= 0, got -1" in capsys.readouterr().err

@@ -7,7 +7,14 @@ import logging
 import os
 from pathlib import Path
 
-from unica.apps.options import add_tasks_option, check_checkpoint_folder, check_file, check_folder, positive_int
+from unica.apps.options import (
+    add_tasks_option,
+    check_checkpoint_folder,
+    check_file,
+    check_folder,
+    non_negative_int,
+    positive_int,
+)
 
 logger = logging.getLogger("unica")
 
@@ -40,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--overwrite", action="store_true",
                           help="replace the results in an existing --out folder (its embedding cache is reused)")
     evaluate.add_argument("--batch-size", type=positive_int, default=32, help="items per forward pass")
+    evaluate.add_argument("--num-workers", type=non_negative_int, default=0,
+                          help="DataLoader workers that decode and preprocess the next batches while the model runs "
+                               "(the same embeddings; pays where the cores outnumber the model's threads, e.g. with "
+                               "a GPU)")
     evaluate.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                           help="compute dtype; auto: bf16 on a CPU with native bf16 (AVX-512 BF16 / AMX), fp32 "
                                "elsewhere (the embedding cache keeps each dtype apart)")
@@ -104,7 +115,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.checkpoint, args.dataset, out_dir=args.out,
         tasks=[f"task{task}" for task in args.tasks] if args.tasks else None, batch_size=args.batch_size,
         dtype=args.dtype, index_spec=index_spec, cache_dir=cache_dir, k_values=args.k, pool=args.pool,
-        split=args.split, shard=shard, shard_dir=args.shard_dir,
+        split=args.split, shard=shard, shard_dir=args.shard_dir, num_workers=args.num_workers,
     )
     if shard is not None:
         for path in results["shards"]:

@@ -44,6 +44,7 @@ def evaluate_checkpoint(
     shard: tuple[int, int] | None = None,
     shard_dir: str | os.PathLike | None = None,
     show_progress: bool = True,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint folder; with ``out_dir`` writes results.json, results.md and recall_curves.png.
 
@@ -51,14 +52,16 @@ def evaluate_checkpoint(
     (for paired bootstrap); the written ``results.json`` also records the model fingerprint and settings.
     ``k_values`` are checked before anything is loaded (``eval.harness.check_k_values``). ``dtype``: ``"fp32"``,
     ``"bf16"`` or ``"auto"`` (bf16 on a CPU with native bf16, fp32 elsewhere: ``unica.encoding.resolve_dtype``;
-    ``unica evaluate``'s default); the settings record the dtype used.
+    ``unica evaluate``'s default); the settings record the dtype used. ``num_workers``: DataLoader workers that
+    decode and preprocess batches ahead of the model (``unica.encoding.encode_items``; the same embeddings).
     """
     k_values = check_k_values(k_values, report=out_dir is not None and shard is None)
     dtype = resolve_dtype(dtype)  # "auto": bf16 where the CPU computes it natively (unica.encoding.resolve_dtype)
     model, processor = load_for_inference(checkpoint, dtype)
     fingerprint = fingerprint_model_dir(checkpoint)
     encoder = UniCAEncoder(model, processor, fingerprint, dtype=dtype, batch_size=batch_size,
-                           prompts=read_prompts(checkpoint))  # the query / document prompts, as ST applies them
+                           prompts=read_prompts(checkpoint),  # the query / document prompts, as ST applies them
+                           num_workers=num_workers)
     settings = {"checkpoint": str(checkpoint), "dataset": str(dataset_dir), "model_fingerprint": fingerprint,
                 "dtype": dtype}
     # The harness decodes and encodes the candidates in chunks of whole batches of this size.

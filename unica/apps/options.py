@@ -54,6 +54,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 # 2, task2, webqa_task2 (the names of the evaluation folders' configs and of M-BEIR's task ids).
 _TASK = re.compile(r"^(?:(?:\w+_)?task)?(\d+)$", re.IGNORECASE)
 TASKS_HELP = "M-BEIR task ids, comma- or space-separated, each as 2, task2 or webqa_task2 (e.g. --tasks 1,2)"
