@@ -282,6 +282,13 @@ def test_cli_encode_and_evaluate_default_to_auto_and_log_the_dtype_used(tiny_che
     model, processor = load_for_inference(tiny_checkpoint, resolved)
     expected = encode_items(model, processor, ["a red circle"], dtype=resolved, show_progress=False)
     np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), expected)
+    texts = ["a red circle", "a blue square at the top", "green", "a small yellow triangle"]
+    args = ["encode", str(tiny_checkpoint), *[part for text in texts for part in ("--text", text)], "--dtype", "fp32",
+            "--batch-size", "2"]
+    assert cli([*args, "--out", str(tmp_path / "w0.npy")]) == 0
+    assert cli([*args, "--num-workers", "2", "--out", str(tmp_path / "w2.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "w2.npy"), np.load(tmp_path / "w0.npy"))
+    assert np.load(tmp_path / "w2.npy").shape[0] == 4
 
 
 def test_eva_rotary_embedding_equals_the_rotate_pairs_formula():

@@ -18,6 +18,7 @@ from unica.apps.options import (
     check_file,
     check_new_output,
     key_value,
+    non_negative_int,
     positive_int,
 )
 
@@ -55,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     encode.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                         help="compute dtype; auto: bf16 on a CPU with native bf16 (AVX-512 BF16 / AMX), fp32 elsewhere")
     encode.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    encode.add_argument("--num-workers", type=non_negative_int, default=0,
+                        help="DataLoader workers that decode and preprocess the next batches while the model runs "
+                             "(the same embeddings; pays where the cores outnumber the model's threads)")
     encode.set_defaults(func=run_encode)
 
     card = subparsers.add_parser("card", help="render a checkpoint's README.md model card from measured results")
@@ -180,7 +184,8 @@ def run_encode(args: argparse.Namespace) -> int:
     dtype = resolve_dtype(args.dtype)
     model, processor = load_for_inference(args.checkpoint, dtype)
     logger.info("encoding %d items in %s", len(items), dtype_reason(args.dtype))
-    embeddings = encode_items(model, processor, items, batch_size=args.batch_size, dtype=dtype)
+    embeddings = encode_items(model, processor, items, batch_size=args.batch_size, dtype=dtype,
+                              num_workers=args.num_workers)
     out = Path(args.out)
     with atomic_path(out) as temporary, open(temporary, "wb") as handle:
         np.save(handle, embeddings)  # a handle, so numpy appends no ".npy" to the name
