@@ -42,6 +42,7 @@ from unica.st import read_prompts
 logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 # What --dtype takes: a compute dtype, or "auto" (resolve_dtype).
 DTYPE_CHOICES = ("auto", *DTYPES)
 # CPU flags of a native bf16 dot product (AVX-512 BF16, AMX): bf16 matrix products run at several times float32's rate.
@@ -93,11 +94,10 @@ def dtype_reason(requested: str, device: torch.device | str = "cpu") -> str:
 
 def weights_dtype(model: torch.nn.Module) -> str | None:
     """``"fp32"`` / ``"bf16"``: the dtype of the model's matrix weights (its Linear layers), None for another."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            return {dtype: name for name, dtype in DTYPES.items()}.get(module.weight.dtype)
-    parameter = next(model.parameters(), None)
-    return None if parameter is None else {d: n for n, d in DTYPES.items()}.get(parameter.dtype)
+    weight = next((module.weight for module in model.modules() if isinstance(module, torch.nn.Linear)), None)
+    if weight is None:
+        weight = next(model.parameters(), None)
+    return None if weight is None else _DTYPE_NAMES.get(weight.dtype)
 
 
 def cast_for_inference(model: UniCAModel, dtype: str, fast_kernels: bool = True) -> UniCAModel:

@@ -41,16 +41,16 @@ from typing import Any
 
 from unica.apps.train_cli import (
     check_data_section,
-    check_keys,
     check_model_section,
-    close_process_group,
-    coerce_training_values,
+    check_sections,
     describe_data,
     init_keys,
     load_data,
     load_model,
     model_section,
-    resolve_resume,
+    read_config,
+    run_config_trainer,
+    with_torchrun_cpu_defaults,
 )
 
 logger = logging.getLogger("unica")
@@ -107,40 +107,15 @@ def load_pretrain_config(path: str | os.PathLike) -> dict[str, Any]:
         >>> sorted(config)
         ['data', 'init', 'pretrain', 'training']
     """
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"config file {str(file)!r} does not exist")
-    text = file.read_text(encoding="utf-8")
-    try:
-        if file.suffix.lower() == ".json":
-            config = json.loads(text)
-        else:
-            import yaml
-
-            config = yaml.safe_load(text)
-    except Exception as error:  # yaml.YAMLError / json.JSONDecodeError
-        kind = file.suffix.lstrip('.') or 'YAML'
-        raise ValueError(f"config file {str(file)!r} is not valid {kind}: {error}") from error
+    config, file = read_config(path, SECTIONS)
     where = f"config {str(file)!r}"
-    if not isinstance(config, dict):
-        raise ValueError(f"config file {str(file)!r} must hold a mapping with sections {', '.join(SECTIONS)}")
-    check_keys(config, SECTIONS, where)
-    if ("init" in config) == ("model" in config):
-        raise ValueError(f"{where} needs exactly one of 'init' (components) or 'model' (a checkpoint folder)")
     for name in ("data", "pretrain"):
         if not isinstance(config.get(name), dict):
             raise ValueError(f"{where} needs a '{name}' mapping" + (
                 " (builder: scenes | mbeir, or path: a dataset folder / JSONL)" if name == "data"
                 else " (at least stage1_steps and/or stage2_steps)"))
-    for name, valid in (("init", init_keys()), ("pretrain", pretrain_keys()), ("training", training_keys())):
-        section = config.get(name)
-        if section is None:
-            continue
-        if not isinstance(section, dict):
-            raise ValueError(f"section {name!r} of {str(file)!r} must be a mapping, got {type(section).__name__}")
-        check_keys(section, valid, f"section {name!r} of {str(file)!r}")
+    check_sections(config, {"init": init_keys(), "pretrain": pretrain_keys(), "training": training_keys()}, file)
     training = config.get("training") or {}
-    coerce_training_values(training, f"section 'training' of {str(file)!r}")
     if "output_dir" not in training:
         raise ValueError(f"section 'training' of {str(file)!r} needs output_dir (where the checkpoint goes)")
     if "model" in config:
@@ -185,28 +160,19 @@ def build_pretrainer(config: Mapping[str, Any], callbacks: list | None = None) -
         >>> trainer = build_pretrainer(load_pretrain_config("examples/pretrain_scenes.yaml"))
         >>> trainer.train(); trainer.save_model()
     """
-    import torch
     from transformers import TrainingArguments
 
-    from unica.cocoa import CoCoATrainer, ItemCollator, dataset_has_images
+    from unica.cocoa import CoCoATrainer, ItemCollator, check_images_for_patches
 
     settings = pretrain_settings(config)
     settings.check_fits(encoder_hidden_size(config))
-    options = dict(config.get("training") or {})
+    options = with_torchrun_cpu_defaults(dict(config.get("training") or {}))
     options.setdefault("max_steps", settings.total_steps)
     options.setdefault("remove_unused_columns", False)
-    if "LOCAL_RANK" in os.environ and not torch.cuda.is_available():
-        # torchrun on CPU: accelerate only sets up multi-CPU data parallelism (gloo) when told to use the CPU.
-        options.setdefault("use_cpu", True)
-        options.setdefault("ddp_backend", "gloo")
     args = TrainingArguments(**options)
     with args.main_process_first(desc="preparing pre-training data"):
         train, _, image_root = load_data(config["data"], args.output_dir)
-    if settings.reconstructs_patches and not dataset_has_images(train, settings.sides):
-        raise ValueError(
-            "pretrain asks for patch reconstruction (image_mask_ratio / decoder_image_mask_ratio > 0) but no training "
-            f"row has an image on the sides {list(settings.sides)}; set pretrain.image_mask_ratio: 0 and "
-            "pretrain.decoder_image_mask_ratio: 0, or use data with images")
+    check_images_for_patches(train, settings)  # before the model is loaded
     model, processor = load_model(config)
     return CoCoATrainer(model=model, args=args, settings=settings, processing_class=processor, train_dataset=train,
                         data_collator=ItemCollator(processor, sides=settings.sides, image_root=image_root),
@@ -214,26 +180,11 @@ def build_pretrainer(config: Mapping[str, Any], callbacks: list | None = None) -
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    config = load_pretrain_config(args.config)
-    finished = False
-    trainer = None
-    try:
-        trainer = build_pretrainer(config)
-        resume = resolve_resume(args.resume_from_checkpoint, trainer.args.output_dir)
-        if resume:
-            logger.info("resuming from %s", resume)
-        result = trainer.train(resume_from_checkpoint=resume)
-        if result.metrics.get("run_complete"):
-            finished = True
-            logger.info("nothing to do: %s already finished at step %d", trainer.args.output_dir, result.global_step)
-            return 0
-        trainer.save_model()
-        trainer.save_state()
+    def report(trainer: Any, result: Any) -> None:
         if trainer.args.should_save:
             logger.info("pre-training done: %d steps (stage 1: %d, stage 2: %d), train_loss %.4f; UniCA checkpoint "
                         "saved to %s", result.global_step, trainer.settings.stage1_steps, trainer.settings.stage2_steps,
                         result.training_loss, trainer.args.output_dir)
-        finished = True
-    finally:
-        close_process_group(trainer, finished)
-    return 0
+
+    config = load_pretrain_config(args.config)
+    return run_config_trainer(lambda: build_pretrainer(config), args.resume_from_checkpoint, report)

@@ -48,7 +48,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------- config
-def _check_keys(section: Mapping[str, Any], valid: list[str] | tuple[str, ...], where: str) -> None:
+def check_keys(section: Mapping[str, Any], valid: list[str] | tuple[str, ...], where: str) -> None:
+    """``ValueError`` naming every key of ``section`` not in ``valid`` (with the closest valid one) and ``where``."""
     unknown = [key for key in section if key not in valid]
     if unknown:
         hints = []
@@ -107,7 +108,7 @@ def check_model_section(section: Any, where: str) -> None:
     if not isinstance(section, Mapping) or not isinstance(section.get("path"), str):
         raise ValueError(f"{where} must be a checkpoint folder path or a mapping with 'path' (and optionally 'fusion', "
                          f"'bica_layers'), got {section!r}")
-    _check_keys(section, MODEL_KEYS, where)
+    check_keys(section, MODEL_KEYS, where)
     if "fusion" in section and section["fusion"] not in FUSIONS:
         raise ValueError(f"fusion in {where} must be one of {FUSIONS}, got {section['fusion']!r}")
     layers = section.get("bica_layers")
@@ -215,6 +216,22 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         >>> sorted(config)
         ['data', 'init', 'training']
     """
+    config, file = read_config(path, SECTIONS)
+    if "data" not in config:
+        raise ValueError(f"config {str(file)!r} has no 'data' section (builder: scenes, or path: a dataset folder / JSONL)")
+    check_sections(config, {"init": init_keys(), "training": training_argument_names()}, file)
+    if "model" in config:
+        check_model_section(config["model"], f"'model' in {str(file)!r}")
+    training = config.get("training") or {}
+    if "output_dir" not in training:
+        raise ValueError(f"section 'training' of {str(file)!r} needs output_dir (where checkpoints go)")
+    check_data_section(config["data"], f"section 'data' of {str(file)!r}")
+    return config
+
+
+def read_config(path: str | os.PathLike, sections: tuple[str, ...]) -> tuple[dict[str, Any], Path]:
+    """``(config, file)``: the mapping in a YAML / JSON config file, checked to hold only ``sections`` and exactly one
+    of ``init`` / ``model`` (``unica train`` and ``unica pretrain``); errors name the file."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"config file {str(file)!r} does not exist")
@@ -229,28 +246,25 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as error:  # yaml.YAMLError / json.JSONDecodeError: report the file and the parser's words
         raise ValueError(f"config file {str(file)!r} is not valid {file.suffix.lstrip('.') or 'YAML'}: {error}") from error
     if not isinstance(config, dict):
-        raise ValueError(f"config file {str(file)!r} must hold a mapping with sections {', '.join(SECTIONS)}")
-    _check_keys(config, SECTIONS, f"config {str(file)!r}")
+        raise ValueError(f"config file {str(file)!r} must hold a mapping with sections {', '.join(sections)}")
+    check_keys(config, sections, f"config {str(file)!r}")
     if ("init" in config) == ("model" in config):
         raise ValueError(f"config {str(file)!r} needs exactly one of 'init' (components) or 'model' (a checkpoint folder)")
-    if "data" not in config:
-        raise ValueError(f"config {str(file)!r} has no 'data' section (builder: scenes, or path: a dataset folder / JSONL)")
-    for name, valid in (("init", init_keys()), ("training", training_argument_names())):
+    return config, file
+
+
+def check_sections(config: dict[str, Any], valid: Mapping[str, list[str]], file: Path) -> None:
+    """Each section of ``valid`` that ``config`` has is a mapping of its valid keys only; ``training:``'s values are
+    coerced to the argument types (:func:`coerce_training_values`). ``ValueError`` naming the section and file."""
+    for name, keys in valid.items():
         section = config.get(name)
         if section is None:
             continue
         if not isinstance(section, dict):
             raise ValueError(f"section {name!r} of {str(file)!r} must be a mapping, got {type(section).__name__}")
-        _check_keys(section, valid, f"section {name!r} of {str(file)!r}")
-        if name == "training":
-            coerce_training_values(section, f"section 'training' of {str(file)!r}")
-    if "model" in config:
-        check_model_section(config["model"], f"'model' in {str(file)!r}")
-    training = config.get("training") or {}
-    if "output_dir" not in training:
-        raise ValueError(f"section 'training' of {str(file)!r} needs output_dir (where checkpoints go)")
-    check_data_section(config["data"], f"section 'data' of {str(file)!r}")
-    return config
+        check_keys(section, keys, f"section {name!r} of {str(file)!r}")
+    if isinstance(config.get("training"), dict):
+        coerce_training_values(config["training"], f"section 'training' of {str(file)!r}")
 
 
 def check_data_section(data: Mapping[str, Any], where: str) -> None:
@@ -263,7 +277,7 @@ def check_data_section(data: Mapping[str, Any], where: str) -> None:
     if form not in BUILDERS and form != "path":
         raise ValueError(f"unknown data builder {form!r} in {where}; available: {', '.join(BUILDERS)}")
     label = f"builder: {form}" if "builder" in data else "path"
-    _check_keys(data, DATA_COMMON_KEYS + DATA_FORM_KEYS[form], f"{where} ({label})")
+    check_keys(data, DATA_COMMON_KEYS + DATA_FORM_KEYS[form], f"{where} ({label})")
     if form == "mbeir" and not isinstance(data.get("root"), str):
         raise ValueError(
             f"{where} (builder: mbeir) needs root: the folder of M-BEIR-format data (query/, cand_pool/, "
@@ -464,7 +478,9 @@ def find_last_checkpoint(output_dir: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"no complete checkpoint-N folder in {str(folder)!r} to resume from")
 
 
-def _resolve_resume(value: str | None, output_dir: str) -> str | None:
+def resolve_resume(value: str | None, output_dir: str) -> str | None:
+    """``--resume-from-checkpoint``: None, the newest complete checkpoint-N of ``output_dir`` (``latest``) or a
+    checked checkpoint folder."""
     if value is None:
         return None
     if value == "latest":
@@ -480,12 +496,18 @@ def _resolve_resume(value: str | None, output_dir: str) -> str | None:
     return value
 
 
-# Public names for the other config-driven command (`unica pretrain`), which checks and resumes the same way.
-check_keys = _check_keys
-resolve_resume = _resolve_resume
-
-
 # ---------------------------------------------------------------------- command
+def with_torchrun_cpu_defaults(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` (TrainingArguments keywords), under torchrun on a machine without CUDA given ``use_cpu`` and the
+    gloo backend unless set: accelerate only sets up multi-CPU data parallelism when told to use the CPU."""
+    import torch
+
+    if "LOCAL_RANK" in os.environ and not torch.cuda.is_available():
+        options.setdefault("use_cpu", True)
+        options.setdefault("ddp_backend", "gloo")
+    return options
+
+
 def build_trainer(config: Mapping[str, Any], callbacks: list | None = None) -> Any:
     """A ready :class:`UniCATrainer` from a checked config (see :func:`load_config`).
 
@@ -493,16 +515,10 @@ def build_trainer(config: Mapping[str, Any], callbacks: list | None = None) -> A
         >>> trainer = build_trainer(load_config("examples/train_scenes.yaml"))
         >>> trainer.train()
     """
-    import torch
-
     from unica.collator import RetrievalCollator
     from unica.trainer import UniCATrainer, UniCATrainingArguments
 
-    settings = dict(config.get("training") or {})
-    if "LOCAL_RANK" in os.environ and not torch.cuda.is_available():
-        # torchrun on CPU: accelerate only sets up multi-CPU data parallelism (gloo) when told to use the CPU.
-        settings.setdefault("use_cpu", True)
-        settings.setdefault("ddp_backend", "gloo")
+    settings = with_torchrun_cpu_defaults(dict(config.get("training") or {}))
     args = UniCATrainingArguments(**settings)
     with args.main_process_first(desc="preparing training data"):
         train, evaluation, image_root = load_data(config["data"], args.output_dir)
@@ -540,27 +556,40 @@ def describe_data(data: Mapping[str, Any]) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    finished = False
-    trainer = None
-    try:
-        trainer = build_trainer(config)
-        resume = _resolve_resume(args.resume_from_checkpoint, trainer.args.output_dir)
-        if resume:
-            logger.info("resuming from %s", resume)
-        result = trainer.train(resume_from_checkpoint=resume)
-        if result.metrics.get("run_complete"):
-            finished = True
-            logger.info("nothing to do: %s already finished at step %d; raise max_steps to train further",
-                        trainer.args.output_dir, result.global_step)
-            return 0
-        trainer.save_model()
-        trainer.save_state()  # trainer_state.json (log history) beside the final model
+    def report(trainer: Any, result: Any) -> None:
         if trainer.args.should_save:
             logger.info("training done: %d steps, train_loss %.4f; model saved to %s", result.global_step,
                         result.training_loss, trainer.args.output_dir)
         if trainer.eval_dataset is not None:
             trainer.evaluate()
+
+    config = load_config(args.config)
+    return run_config_trainer(lambda: build_trainer(config), args.resume_from_checkpoint, report,
+                              "; raise max_steps to train further")
+
+
+def run_config_trainer(build: Callable[[], Any], resume_from_checkpoint: str | None,
+                       report: Callable[[Any, Any], None], complete_hint: str = "") -> int:
+    """Build a trainer (``unica train``, ``unica pretrain``), resume it (:func:`resolve_resume`), train, save the
+    model and ``trainer_state.json`` (log history) beside it, then ``report(trainer, result)``. A run that had
+    already finished trains and writes nothing. The process group, if any, is closed whatever happens
+    (:func:`close_process_group`)."""
+    finished = False
+    trainer = None
+    try:
+        trainer = build()
+        resume = resolve_resume(resume_from_checkpoint, trainer.args.output_dir)
+        if resume:
+            logger.info("resuming from %s", resume)
+        result = trainer.train(resume_from_checkpoint=resume)
+        if result.metrics.get("run_complete"):
+            finished = True
+            logger.info("nothing to do: %s already finished at step %d%s", trainer.args.output_dir,
+                        result.global_step, complete_hint)
+            return 0
+        trainer.save_model()
+        trainer.save_state()
+        report(trainer, result)
         finished = True
     finally:
         close_process_group(trainer, finished)

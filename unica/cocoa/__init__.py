@@ -40,10 +40,17 @@ from unica.cocoa.objectives import (
     stage1_reconstruction,
     stage2_reconstruction,
 )
-from unica.cocoa.trainer import HEADS_FILE, PRETRAINING_RECORD_FILE, CoCoATrainer, ItemCollator, dataset_has_images
+from unica.cocoa.trainer import (
+    HEADS_FILE,
+    PRETRAINING_RECORD_FILE,
+    CoCoATrainer,
+    ItemCollator,
+    check_images_for_patches,
+    dataset_has_images,
+)
 
 __all__ = ["HEADS_FILE", "PRETRAINING_RECORD_FILE", "BridgeDecoder", "CoCoAHeads", "CoCoAOutput",
            "CoCoAPretrainingModel", "CoCoASettings", "CoCoATrainer", "ItemCollator", "PatchPredictionHead",
-           "Reconstruction", "TokenPredictionHead", "check_decoder_fits", "check_mask_ratio", "dataset_has_images",
+           "Reconstruction", "TokenPredictionHead", "check_decoder_fits", "check_images_for_patches", "check_mask_ratio", "dataset_has_images",
            "item_generators", "mask_pixels", "patch_grid", "patchify", "reconstruction_loss", "sample_masks",
            "stage1_reconstruction", "stage2_reconstruction"]

@@ -32,7 +32,8 @@ from unica.distributed import is_distributed
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HEADS_FILE", "PRETRAINING_RECORD_FILE", "CoCoATrainer", "ItemCollator", "dataset_has_images"]
+__all__ = ["HEADS_FILE", "PRETRAINING_RECORD_FILE", "CoCoATrainer", "ItemCollator", "check_images_for_patches",
+           "dataset_has_images"]
 
 HEADS_FILE = "cocoa_heads.safetensors"
 PRETRAINING_RECORD_FILE = "pretraining_record.json"
@@ -96,6 +97,16 @@ def dataset_has_images(dataset: Any, sides: Sequence[str] = ("query", "pos")) ->
     return any(row.get(name) is not None for row in dataset for name in columns)
 
 
+def check_images_for_patches(dataset: Any, settings: CoCoASettings) -> None:
+    """``ValueError`` if ``settings`` reconstruct image patches but no row of ``dataset`` has an image on its sides
+    (:func:`dataset_has_images`)."""
+    if settings.reconstructs_patches and not dataset_has_images(dataset, settings.sides):
+        raise ValueError(
+            "pretrain asks for patch reconstruction (image_mask_ratio / decoder_image_mask_ratio > 0) but no training "
+            f"row has an image on the sides {list(settings.sides)}; set pretrain.image_mask_ratio: 0 and "
+            "pretrain.decoder_image_mask_ratio: 0, or use data with images")
+
+
 class CoCoATrainer(Trainer):
     """``transformers.Trainer`` for CoCoA pre-training of a :class:`~modeling_unica.UniCAModel`.
 
@@ -128,12 +139,8 @@ class CoCoATrainer(Trainer):
                              "[MASK] token, and to save the checkpoint)")
         args = args if args is not None else TrainingArguments("unica-pretrain", remove_unused_columns=False)
         args = self._fit_arguments(args, settings)
-        if train_dataset is not None and settings.reconstructs_patches and not dataset_has_images(
-                train_dataset, settings.sides):
-            raise ValueError(
-                "pretrain asks for patch reconstruction (image_mask_ratio / decoder_image_mask_ratio > 0) but no "
-                f"training row has an image on the sides {list(settings.sides)}; set pretrain.image_mask_ratio: 0 "
-                "and pretrain.decoder_image_mask_ratio: 0, or use data with images")
+        if train_dataset is not None:
+            check_images_for_patches(train_dataset, settings)
         tokenizer = processing_class.tokenizer
         self.settings = settings
         self.heads = settings.build_heads(model)
